@@ -1,0 +1,74 @@
+"""Benchmarks a user can rerun: ``weakseg bench train`` compares weakseg's training loop with a bare smp loop."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+
+from weakseg.config import TrainConfig
+from weakseg.data.prepared import PreparedSplit
+from weakseg.data.sample import IGNORE_INDEX
+from weakseg.models import build_model
+from weakseg.runtime import configure_threads, pick_device
+from weakseg.train import fit
+
+
+def bare_smp_loop(split: PreparedSplit, encoder: str, batch_size: int, epochs: int, device: torch.device,
+                  seed: int = 0) -> float:
+    """Images/s of the plainest loop: smp U-Net, tensors already in memory, Adam, CE, horizontal flips."""
+    torch.manual_seed(seed)
+    model = smp.Unet(f"tu-{encoder}", encoder_weights=None, classes=2).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = ((split.images.float() / 255 - 0.5) / 0.5).to(device)
+    masks = split.masks.long().to(device)
+    seen, started = 0, time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(split))
+        for start in range(0, len(split), batch_size):
+            index = order[start : start + batch_size]
+            if len(index) < 2:
+                continue
+            x, y = images[index], masks[index]
+            if torch.rand(()) < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            seen += len(index)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - started)
+
+
+def weakseg_loop(split: PreparedSplit, encoder: str, batch_size: int, epochs: int, device: torch.device,
+                 seed: int = 0) -> float:
+    """Images/s of weakseg's ``fit`` (training phase of each epoch: batching, augmentation, logging)."""
+    model = build_model("unet", encoder, 2, weights=None)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, loss="ce", augment=["hflip"], progress=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = fit(model, split, None, config, Path(tmp), device, seed=seed, resume=False)
+    seen = sum(r["images_per_s"] * r["seconds"] for r in result.history)
+    return seen / sum(r["seconds"] for r in result.history)
+
+
+def bench_train(split: PreparedSplit, encoder: str, batch_size: int = 16, epochs: int = 1, repeats: int = 2,
+                device: str = "auto") -> dict[str, Any]:
+    """Alternate the two loops ``repeats`` times on the same data, model and batch; report medians."""
+    configure_threads()
+    dev = pick_device(device)
+    bare, ours = [], []
+    for r in range(repeats):
+        bare.append(bare_smp_loop(split, encoder, batch_size, epochs, dev, seed=r))
+        ours.append(weakseg_loop(split, encoder, batch_size, epochs, dev, seed=r))
+    b, w = statistics.median(bare), statistics.median(ours)
+    return {"bench": "train", "device": str(dev), "images": len(split), "size": split.size, "batch_size": batch_size,
+            "encoder": encoder, "bare_smp_img_s": round(b, 2), "weakseg_img_s": round(w, 2),
+            "ratio": round(w / b, 3), "bare_runs": [round(v, 2) for v in bare], "weakseg_runs": [round(v, 2) for v in ours]}

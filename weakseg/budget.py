@@ -1,0 +1,113 @@
+"""Supervision budgets: a seeded, recorded choice of which training images keep which labels.
+
+The same seed gives the same selection on any machine: choices come from NumPy's PCG64 generator seeded
+with the budget seed and a fixed tag per choice (and the image name for per-image point sampling), over
+names in sorted order, so they do not depend on dataset order, platform or process.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from weakseg.data.sample import IGNORE_INDEX
+from weakseg.io import write_json
+
+POINT_MODES = ("uniform", "balanced")
+
+
+def _rng(seed: int, *tags: str) -> np.random.Generator:
+    return np.random.default_rng([seed, *(zlib.crc32(t.encode()) for t in tags)])
+
+
+def _choose(names: list[str], percent: float, seed: int, tag: str) -> list[str]:
+    """A seeded subset of ``percent`` % of the names (at least one if percent > 0), sorted."""
+    ordered = sorted(names)
+    if percent >= 100:
+        return ordered
+    if percent <= 0 or not ordered:
+        return []
+    k = max(1, round(len(ordered) * percent / 100))
+    picked = _rng(seed, tag).permutation(len(ordered))[:k]
+    return sorted(ordered[i] for i in picked)
+
+
+@dataclass
+class Budget:
+    """What the annotation budget buys, in percent of training images (coverage, boxes) or pixels (density)."""
+
+    coverage: float = 100.0
+    boxes: float = 0.0
+    density: float | None = None
+    point_mode: str = "uniform"
+    seed: int = 0
+
+
+@dataclass
+class BudgetSelection:
+    """Which images keep full masks and boxes; point parameters (points are re-sampled from them)."""
+
+    budget: Budget
+    masks: list[str] = field(default_factory=list)
+    boxes: list[str] = field(default_factory=list)
+    images: int = 0
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, {"budget": asdict(self.budget), "images": self.images, "masks": self.masks,
+                          "boxes": self.boxes})
+
+
+def select(budget: Budget, names: list[str]) -> BudgetSelection:
+    """Choose the images that keep full masks (``coverage`` %) and boxes (``boxes`` %)."""
+    return BudgetSelection(
+        budget=budget,
+        masks=_choose(names, budget.coverage, budget.seed, "masks"),
+        boxes=_choose(names, budget.boxes, budget.seed, "boxes"),
+        images=len(names),
+    )
+
+
+def sample_points(mask: np.ndarray, density: float, name: str, seed: int, mode: str = "uniform") -> np.ndarray:
+    """Keep ``density`` % of the labelled pixels of ``mask`` as point labels; the rest becomes ignore.
+
+    ``uniform`` samples labelled pixels uniformly; ``balanced`` splits the points equally between the classes
+    present. At least one point per image is kept when the mask has any labelled pixel.
+    """
+    if mode not in POINT_MODES:
+        raise ValueError(f"point mode must be one of {POINT_MODES}, not '{mode}'")
+    flat = mask.reshape(-1)
+    valid = np.flatnonzero(flat != IGNORE_INDEX)
+    out = np.full_like(flat, IGNORE_INDEX)
+    if density >= 100:
+        out[valid] = flat[valid]
+        return out.reshape(mask.shape)
+    if valid.size == 0 or density <= 0:
+        return out.reshape(mask.shape)
+    rng = _rng(seed, "points", name)
+    k = max(1, round(valid.size * density / 100))
+    if mode == "uniform":
+        chosen = rng.choice(valid, size=k, replace=False)
+    else:
+        classes = np.unique(flat[valid])
+        per_class = max(1, k // len(classes))
+        chosen = np.concatenate([
+            rng.choice(pool, size=min(per_class, pool.size), replace=False)
+            for pool in (valid[flat[valid] == c] for c in classes)
+        ])
+    out[chosen] = flat[chosen]
+    return out.reshape(mask.shape)
+
+
+def point_masks(masks: torch.Tensor, names: list[str], budget: Budget) -> torch.Tensor:
+    """Point labels for a stack of masks (N, H, W) at the budget's density."""
+    if budget.density is None:
+        raise ValueError("the budget has no point density")
+    out = [
+        torch.from_numpy(sample_points(m.numpy(), budget.density, n, budget.seed, budget.point_mode))
+        for m, n in zip(masks, names, strict=True)
+    ]
+    return torch.stack(out) if out else masks.clone()

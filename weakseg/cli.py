@@ -1,0 +1,235 @@
+"""The ``weakseg`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from weakseg.errors import WeaksegError
+
+app = typer.Typer(help="weakseg: from cheap labels to pixel masks, measured honestly.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+experiment_app = typer.Typer(help="Run experiment specs (grids of settings over seeds).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print one JSON line.", no_args_is_help=True)
+list_app = typer.Typer(help="List registered models, datasets and methods.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(bench_app, name="bench")
+app.add_typer(list_app, name="list")
+console = Console()
+err_console = Console(stderr=True)
+
+Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE (dotted).")]
+DataRoot = Annotated[Path, typer.Option(help="Folder that dataset roots in the config are relative to.")]
+
+
+def metrics_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("iou", "dice", "accuracy", "precision", "recall", "miou", "miou_multiclass_images", "images"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def _print_results(results: list) -> None:
+    for result in results:
+        console.print(metrics_table(result.metrics, f"{result.stage} ({result.metrics.get('images', '?')} images)"))
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config YAML.")] = None,
+    data_root: DataRoot = Path("."),
+    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, log.csv, metrics.json).")] = Path("runs/train"),
+    seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Train a segmenter as configured (resumes from OUT/last.pt when the setup is the same) and test it."""
+    from weakseg.config import load_run_config
+    from weakseg.pipeline import run
+
+    cfg = load_run_config(config, (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+    _print_results(run(cfg, out, data_root))
+    console.print(f"run directory: {out}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path | None, typer.Option(help="Model checkpoint (best.pt) to score.")] = None,
+    pred_dir: Annotated[Path | None, typer.Option(help="Folder of predicted PNG masks to score instead.")] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset name (oxford_pet, kvasir, folder).")] = "oxford_pet",
+    root: Annotated[Path, typer.Option(help="Dataset root folder.")] = Path("oxford-iiit-pet-subset"),
+    split: Annotated[str, typer.Option(help="Split to score on.")] = "test",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
+) -> None:
+    """Score a checkpoint or a folder of masks against a dataset's ground truth (native resolution)."""
+    from weakseg.data import build_dataset
+    from weakseg.evaluate import evaluate_mask_folder, evaluate_model
+    from weakseg.io import write_json
+
+    ds = build_dataset(dataset, root, split)
+    if (checkpoint is None) == (pred_dir is None):
+        raise WeaksegError("give exactly one of --checkpoint and --pred-dir")
+    if pred_dir is not None:
+        metrics = evaluate_mask_folder(pred_dir, ds)
+    else:
+        import torch
+
+        from weakseg.data.prepared import prepare
+        from weakseg.models import load_model
+        from weakseg.runtime import configure_threads, pick_device
+
+        configure_threads()
+        device = pick_device()
+        meta = torch.load(checkpoint, map_location="cpu", weights_only=False).get("meta", {}) \
+            if checkpoint.is_file() else {}
+        model = load_model(checkpoint).to(device)
+        prepared = prepare(ds, meta.get("size", 160), meta.get("fit", "resize"), keep_native=True)
+        metrics = evaluate_model(model, prepared, device, progress=True)
+    console.print(metrics_table(metrics, f"{dataset}/{split}"))
+    if json_out:
+        write_json(json_out, metrics)
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (best.pt).")],
+    out: Annotated[Path, typer.Option(help="Output folder for masks and overlays.")] = Path("predictions"),
+    overlays: Annotated[bool, typer.Option(help="Also write overlay pictures.")] = True,
+) -> None:
+    """Predict masks (PNG, class indices at native resolution) and overlay pictures for images."""
+    import torch
+
+    from weakseg.models import load_model
+    from weakseg.predict import collect_inputs, predict_files
+    from weakseg.runtime import configure_threads, pick_device
+
+    configure_threads()
+    files = collect_inputs(inputs)
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=False).get("meta", {}) \
+        if checkpoint.is_file() else {}
+    model = load_model(checkpoint).to(pick_device())
+    written = predict_files(model, files, out, meta.get("size", 160), meta.get("fit", "resize"), overlays=overlays)
+    console.print(f"wrote {len(written)} masks to {out}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 8,
+    overrides: Overrides = None,
+) -> None:
+    """Train and test a U-Net on the embedded pet sample (offline, a few minutes on 2 CPU cores)."""
+    from weakseg.demo import DEMO_ROOT, demo_config
+    from weakseg.io import list_images
+    from weakseg.pipeline import run
+    from weakseg.predict import predict_files
+
+    cfg = demo_config(epochs, overrides)
+    console.print(f"[bold]weakseg demo[/]: U-Net ({cfg.model.encoder}, bundled ImageNet weights) on the embedded "
+                  f"Oxford-IIIT Pet sample, {cfg.train.epochs} epochs at {cfg.dataset.size} px")
+    results = run(cfg, out, ".")
+    _print_results(results)
+    from weakseg.data import build_dataset
+    from weakseg.models import load_model
+
+    test = build_dataset("oxford_pet", DEMO_ROOT, "test")
+    files = [f for f in list_images(DEMO_ROOT / "images") if f.stem in set(test.names)]
+    model = load_model(out / "best.pt")
+    predict_files(model, files, out / "predictions", cfg.dataset.size, cfg.dataset.fit)
+    console.print(f"predictions and overlays: {out / 'predictions'}; training log: {out / 'log.csv'}")
+
+
+@experiment_app.command("run")
+def experiment_run(
+    spec: Annotated[Path, typer.Argument(help="Experiment spec YAML.")],
+    data_root: DataRoot = Path("."),
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<experiment>).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds replacing the spec's list.")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Run only rows whose setting has KEY=VALUE.")] = None,
+    publish: Annotated[bool, typer.Option(help="Copy results to docs/results/<experiment>.{json,md}.")] = False,
+    publish_dir: Annotated[Path, typer.Option(help="Where --publish copies results.")] = Path("docs/results"),
+    overrides: Overrides = None,
+) -> None:
+    """Run an experiment spec: every row of its grid over its seeds, resumable; writes results.json/md."""
+    from weakseg.config import load_spec
+    from weakseg.experiments import run_experiment
+
+    extra = list(overrides or [])
+    if seeds:
+        extra.append(f"seeds=[{seeds}]")
+    spec_obj = load_spec(spec, extra)
+    out = out or Path("runs") / spec_obj.name
+    rows = run_experiment(spec_obj, data_root, out, only, publish_dir if publish else None)
+    console.print((out / "results.md").read_text())
+    console.print(f"{len(rows)} rows in {out / 'results.json'}")
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    data_root: DataRoot = Path("../shared/data"),
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "oxford_pet",
+    root: Annotated[str, typer.Option(help="Dataset root under --data-root.")] = "oxford-iiit-pet-subset",
+    split: Annotated[str, typer.Option(help="Split to train on.")] = "trainval",
+    size: Annotated[int, typer.Option(help="Input size.")] = 160,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 16,
+    epochs: Annotated[int, typer.Option(help="Epochs per timed run.")] = 1,
+    repeats: Annotated[int, typer.Option(help="Alternating repeats of both loops.")] = 2,
+) -> None:
+    """Training throughput of weakseg's loop against a bare smp loop, same model, data and batch."""
+    from weakseg.bench import bench_train
+    from weakseg.data import build_dataset
+    from weakseg.data.prepared import prepare
+    from weakseg.models import OFFLINE_ENCODER
+
+    split_data = prepare(build_dataset(dataset, data_root / root, split), size)
+    print(json.dumps(bench_train(split_data, OFFLINE_ENCODER, batch_size, epochs, repeats)))
+
+
+@list_app.command("models")
+def list_models_cmd(pattern: Annotated[str, typer.Argument()] = "*") -> None:
+    """Registered segmentation architectures."""
+    from weakseg.models import list_models
+
+    console.print("\n".join(list_models(pattern)))
+
+
+@list_app.command("datasets")
+def list_datasets_cmd() -> None:
+    """Registered datasets."""
+    from weakseg.data import list_datasets
+
+    console.print("\n".join(list_datasets()))
+
+
+@list_app.command("methods")
+def list_methods_cmd() -> None:
+    """Registered training methods."""
+    from weakseg.pipeline import list_methods
+
+    console.print("\n".join(list_methods()))
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except WeaksegError as err:
+        err_console.print(f"[red]error:[/] {err}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished epochs and runs are kept; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

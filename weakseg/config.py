@@ -1,0 +1,170 @@
+"""Validated run configuration (one schema for `weakseg train` and every experiment row), with overrides."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from weakseg.errors import ConfigError
+from weakseg.models.encoders import OFFLINE_ENCODER
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(Section):
+    name: str = "oxford_pet"
+    root: str = "oxford-iiit-pet-subset"
+    train_split: str = "trainval"
+    test_split: str = "test"
+    size: int = 160
+    fit: str = "resize"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+    download: bool = False
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v <= 0 or v % 32:
+            raise ValueError("size must be a positive multiple of 32")
+        return v
+
+
+class BudgetConfig(Section):
+    coverage: float = Field(100.0, ge=0, le=100, description="% of training images keeping full masks")
+    boxes: float = Field(0.0, ge=0, le=100, description="% of training images keeping boxes")
+    density: float | None = Field(None, ge=0, le=100, description="% of pixels labelled as points")
+    point_mode: str = "uniform"
+
+
+class MethodConfig(Section):
+    name: str = "full"
+    sources: list[str] = Field(default_factory=lambda: ["masks"])
+    refine: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(Section):
+    arch: str = "unet"
+    encoder: str = OFFLINE_ENCODER
+    weights: str | None = "imagenet"
+    mode: str = "multiclass"
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    loss: str = "ce"
+    augment: list[str] = Field(default_factory=lambda: ["hflip"])
+    monitor: str = "iou"
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(3, ge=0)
+    amp: bool = True
+    device: str = "auto"
+    eval_batch_size: int = Field(32, ge=1)
+    tta: list[str] = Field(default_factory=list)
+    progress: bool = True
+
+
+class RunConfig(Section):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = 0
+
+
+class ExperimentSpec(RunConfig):
+    name: str
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    def run_config(self) -> RunConfig:
+        data = self.model_dump(exclude={"name", "description", "seeds", "grid"})
+        return RunConfig.model_validate(data)
+
+
+SETTING_PATHS = {
+    "method": "method.name",
+    "sources": "method.sources",
+    "refine": "method.refine",
+    "arch": "model.arch",
+    "encoder": "model.encoder",
+    "loss": "train.loss",
+    "coverage": "budget.coverage",
+    "density": "budget.density",
+    "epochs": "train.epochs",
+}
+"""Names of row settings in results, and the config value each one sets."""
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML (``5`` -> 5, ``[a, b]`` -> list, ``none`` -> None)."""
+    value = yaml.safe_load(text)
+    return None if value in ("none", "None") else value
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``path='a.b'``."""
+    keys = path.split(".")
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``KEY=VALUE`` overrides, where KEY is a dotted config path or a row setting name."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not KEY=VALUE")
+        set_path(data, SETTING_PATHS.get(key.strip(), key.strip()), parse_value(text))
+    return data
+
+
+def _validate(cls: type[BaseModel], data: dict[str, Any], source: str) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid config {source}: {problems}") from err
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: '{path}'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse '{path}': {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{path}' must hold a mapping at top level")
+    return data
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    data = read_yaml(path) if path else {}
+    for key in ("name", "description", "seeds", "grid"):
+        data.pop(key, None)
+    return _validate(RunConfig, apply_overrides(data, overrides or []), f"'{path}'" if path else "")
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
+    data = apply_overrides(read_yaml(path), overrides or [])
+    data.setdefault("name", Path(path).stem)
+    return _validate(ExperimentSpec, data, f"'{path}'")

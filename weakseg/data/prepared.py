@@ -1,0 +1,176 @@
+"""A dataset split decoded once, fitted to the model size and held as tensors (cached on disk)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from weakseg.data.base import SegmentationDataset
+from weakseg.data.sample import IGNORE_INDEX
+from weakseg.data.transforms import Geometry, augment_batch, check_size, fit_sample
+from weakseg.io import atomic_path
+
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """Where prepared splits are cached: ``$WEAKSEG_CACHE`` or ``~/.cache/weakseg``."""
+    return Path(os.environ.get("WEAKSEG_CACHE", Path.home() / ".cache" / "weakseg"))
+
+
+@dataclass
+class PreparedSplit:
+    """Images (N, 3, S, S) uint8, masks (N, S, S) uint8 with ``IGNORE_INDEX``, and per-image metadata.
+
+    ``native_masks`` keeps the ground truth at native resolution (for honest evaluation), if asked.
+    """
+
+    names: list[str]
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    labels: list[list[int]]
+    boxes: list[np.ndarray]
+    geometry: list[Geometry]
+    native_masks: list[np.ndarray] | None = None
+    mask_classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    tag_classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, indices: list[int] | np.ndarray) -> PreparedSplit:
+        """A view on some of the images (tensors are indexed, not copied per sample)."""
+        idx = [int(i) for i in indices]
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return PreparedSplit(
+            names=[self.names[i] for i in idx],
+            images=self.images[index],
+            masks=None if self.masks is None else self.masks[index],
+            labels=[self.labels[i] for i in idx],
+            boxes=[self.boxes[i] for i in idx],
+            geometry=[self.geometry[i] for i in idx],
+            native_masks=None if self.native_masks is None else [self.native_masks[i] for i in idx],
+            mask_classes=self.mask_classes,
+            tag_classes=self.tag_classes,
+        )
+
+    def with_masks(self, masks: torch.Tensor) -> PreparedSplit:
+        """The same images with other training masks (pseudo-labels, budgets)."""
+        if masks.shape != (len(self), self.size, self.size):
+            raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit {len(self)} images of {self.size}")
+        out = self.subset(range(len(self)))
+        out.masks = masks
+        return out
+
+
+def _cache_key(dataset: SegmentationDataset, size: int, fit: str, keep_native: bool) -> str:
+    names = hashlib.sha1("\n".join(dataset.names).encode()).hexdigest()
+    ident = {
+        "v": CACHE_VERSION,
+        "dataset": type(dataset).__name__,
+        "root": str(dataset.root.resolve()),
+        "split": dataset.split,
+        "size": size,
+        "fit": fit,
+        "native": keep_native,
+        "names": names,
+        "options": {k: v for k, v in vars(dataset).items() if isinstance(v, (str, int, float, bool))},
+    }
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def prepare(
+    dataset: SegmentationDataset,
+    size: int,
+    fit: str = "resize",
+    keep_native: bool = False,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> PreparedSplit:
+    """Decode and fit every sample of ``dataset`` (in threads), or load the same from the disk cache."""
+    check_size(size)
+    path = cache_dir() / "prepared" / f"{dataset.key or type(dataset).__name__}-{_cache_key(dataset, size, fit, keep_native)}.pt"
+    if use_cache and path.is_file():
+        try:
+            return torch.load(path, weights_only=False)
+        except Exception:  # a corrupt cache is rebuilt, never fatal
+            path.unlink(missing_ok=True)
+
+    def load(i: int):
+        sample = dataset[i]
+        fitted, geometry = fit_sample(sample, size, fit)
+        return fitted, geometry, (sample.mask if keep_native else None)
+
+    n = len(dataset)
+    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    has_masks = True
+    masks = torch.full((n, size, size), IGNORE_INDEX, dtype=torch.uint8)
+    labels, boxes, geometry, native = [], [], [], []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"preparing {dataset.key or 'dataset'}/{dataset.split}", total=n)
+        for i, (fitted, geo, native_mask) in enumerate(pool.map(load, range(n))):
+            images[i] = torch.from_numpy(fitted.image).permute(2, 0, 1)
+            if fitted.mask is None:
+                has_masks = False
+            else:
+                masks[i] = torch.from_numpy(fitted.mask)
+            labels.append(fitted.labels)
+            boxes.append(fitted.boxes)
+            geometry.append(geo)
+            native.append(native_mask)
+            bar.advance(task)
+    split = PreparedSplit(
+        names=list(dataset.names),
+        images=images,
+        masks=masks if has_masks else None,
+        labels=labels,
+        boxes=boxes,
+        geometry=geometry,
+        native_masks=native if keep_native and has_masks else None,
+        mask_classes=list(dataset.mask_classes),
+        tag_classes=list(dataset.tag_classes),
+    )
+    if use_cache:
+        with atomic_path(path) as tmp:
+            torch.save(split, tmp)
+    return split
+
+
+def iterate_batches(
+    split: PreparedSplit,
+    batch_size: int,
+    device: torch.device,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    augment: list[str] | tuple[str, ...] = (),
+    drop_singleton: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[int]]]:
+    """Yield (images float [0, 1] on device, masks long on device or None, indices) batches."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        index = order[start : start + batch_size]
+        if drop_singleton and len(index) == 1 and n > 1:
+            break
+        images = split.images[index]
+        masks = None if split.masks is None else split.masks[index]
+        if augment:
+            images, masks = augment_batch(images, masks, list(augment), generator or torch.default_generator)
+        images = images.to(device, non_blocking=True).float().div_(255)
+        images = images.contiguous(memory_format=torch.channels_last)  # faster convolutions, CPU and GPU
+        if masks is not None:
+            masks = masks.to(device, non_blocking=True).long()
+        yield images, masks, index.tolist()

@@ -1,0 +1,61 @@
+"""Aggregating per-seed metrics into ``results.json`` and ``results.md``."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weakseg.io import write_json, write_text
+
+TABLE_METRICS = ("iou", "dice", "accuracy", "precision", "recall", "miou")
+
+
+def summarize(values: list[float]) -> dict[str, float | int]:
+    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return {"mean": float(np.mean(finite)), "std": std, "n": len(finite)}
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
+    """{metric: {mean, std, n}} over seeds, for every scalar metric."""
+    keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return {k: summarize([m.get(k, float("nan")) for m in per_seed]) for k in keys}
+
+
+def _cell(stat: dict[str, float | int] | None) -> str:
+    if not stat or not stat["n"]:
+        return "–"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def markdown_table(name: str, rows: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table: one column per setting key, then mean ± std per metric."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row["setting"] if k not in keys]
+    metrics = [m for m in TABLE_METRICS if any(m in r["metrics"] for r in rows)]
+    lines = [f"# {name}", "", "| " + " | ".join([*keys, *metrics, "n"]) + " |",
+             "|" + "---|" * (len(keys) + len(metrics) + 1)]
+    for row in rows:
+        setting = [str(row["setting"].get(k, "")) for k in keys]
+        cells = [_cell(row["metrics"].get(m)) for m in metrics]
+        n = max((s["n"] for s in row["metrics"].values()), default=0)
+        lines.append("| " + " | ".join([*setting, *cells, str(n)]) + " |")
+    return "\n".join(lines) + "\n\nmean ± sample standard deviation over seeds; n = number of seeds.\n"
+
+
+def write_results(out_dir: Path, name: str, rows: list[dict[str, Any]], publish_dir: Path | None = None) -> None:
+    """Write ``results.json`` and ``results.md``; copy both to ``publish_dir/<name>.{json,md}`` if given."""
+    write_json(out_dir / "results.json", {"experiment": name, "rows": rows})
+    write_text(out_dir / "results.md", markdown_table(name, rows))
+    if publish_dir is not None:
+        publish_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_dir / "results.json", publish_dir / f"{name}.json")
+        shutil.copyfile(out_dir / "results.md", publish_dir / f"{name}.md")

@@ -1,0 +1,3 @@
+"""Training recipes, registered by name (``method:`` in configs)."""
+
+from weakseg.methods import supervised  # noqa: F401

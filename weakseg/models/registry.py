@@ -1,0 +1,100 @@
+"""Models created by name: a registry filled by ``@register_model``, ``list_models('*pattern*')``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from weakseg.errors import ConfigError, WeightsUnavailableError
+from weakseg.models.encoders import (
+    BUNDLED,
+    OFFLINE_ENCODER,
+    create_timm_pretrained,
+    load_bundled,
+    load_weights_file,
+    normalization,
+)
+from weakseg.models.segmenter import Segmenter
+
+Factory = Callable[..., nn.Module]
+_MODELS: dict[str, Factory] = {}
+
+
+def register_model(name: str) -> Callable[[Factory], Factory]:
+    """Decorator: register a factory ``f(encoder_name, encoder_weights, classes, **kw) -> nn.Module``."""
+
+    def wrap(factory: Factory) -> Factory:
+        _MODELS[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered architecture names matching a shell-style pattern."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def build_model(
+    arch: str = "unet",
+    encoder: str = OFFLINE_ENCODER,
+    classes: int = 2,
+    weights: str | None = "imagenet",
+    mode: str = "multiclass",
+    **kwargs: Any,
+) -> Segmenter:
+    """Build a segmentation model with a timm encoder.
+
+    classes: number of mask classes (2 for foreground/background).
+    mode:    ``multiclass`` (``classes`` logits, softmax) or ``binary`` (one logit, sigmoid; needs classes=2).
+    weights: ``imagenet`` (bundled offline for EfficientNet-Lite0..2, else from the hub), ``none``, or a path
+             to an encoder state dict.
+    """
+    if arch not in _MODELS:
+        raise ConfigError(f"unknown architecture '{arch}'; known: {', '.join(list_models())}")
+    if mode not in ("binary", "multiclass"):
+        raise ConfigError(f"mode must be 'binary' or 'multiclass', not '{mode}'")
+    if mode == "binary" and classes != 2:
+        raise ConfigError("binary mode predicts one foreground logit: it needs classes=2")
+    encoder = encoder.removeprefix("tu-")
+    factory = _MODELS[arch]
+    out_channels = 1 if mode == "binary" else classes
+    weights = None if weights in (None, "none", "None", "") else weights
+
+    def make(encoder_weights: bool | None) -> nn.Module:
+        try:
+            return factory(f"tu-{encoder}", encoder_weights, out_channels, **kwargs)
+        except (RuntimeError, KeyError) as err:
+            if "Unknown model" in str(err) or "Invalid model" in str(err):
+                raise ConfigError(f"unknown timm encoder '{encoder}'") from err
+            raise
+
+    if weights == "imagenet" and encoder not in BUNDLED:
+        net = create_timm_pretrained(lambda: make(True), encoder)  # smp: True = timm pretrained tag
+    else:
+        net = make(None)
+        if weights == "imagenet":
+            load_bundled(net.encoder.model, encoder)
+        elif weights is not None:
+            load_weights_file(net.encoder.model, weights)
+    mean, std = normalization(encoder)
+    spec = {"arch": arch, "encoder": encoder, "classes": classes, "mode": mode, **kwargs}
+    return Segmenter(net, mean, std, spec)
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Segmenter:
+    """Rebuild a model from a weakseg checkpoint (``best.pt`` / ``last.pt``) or exported model file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"checkpoint not found: '{path}'")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or "model_spec" not in state:
+        raise WeightsUnavailableError(f"'{path}' is not a weakseg checkpoint (no model_spec)")
+    model = build_model(**state["model_spec"], weights=None)
+    model.load_state_dict(state["model"])
+    return model

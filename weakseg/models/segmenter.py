@@ -1,0 +1,49 @@
+"""The base segmentation model: normalisation inside, one convention for outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Segmenter(nn.Module):
+    """Wraps a network so that it takes RGB in [0, 1] and normalises with its encoder's statistics.
+
+    ``forward`` returns logits: one channel in binary mode (sigmoid), ``num_classes`` channels otherwise
+    (softmax). ``probabilities`` always returns (N, num_classes, H, W), so callers need not know the mode.
+    ``spec`` holds what ``build_model`` needs to rebuild the model from a checkpoint.
+    """
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], spec: dict[str, Any]):
+        super().__init__()
+        self.net = net
+        self.spec = dict(spec)
+        self.num_classes = int(spec["classes"])
+        self.binary = spec.get("mode", "multiclass") == "binary"
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.net.encoder
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(images))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, num_classes, H, W) from this model's logits."""
+        if self.binary:
+            fg = torch.sigmoid(logits[:, :1].float())
+            return torch.cat([1 - fg, fg], dim=1)
+        return F.softmax(logits.float(), dim=1)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for a batch of images in [0, 1]."""
+        return self.probabilities(self(images))

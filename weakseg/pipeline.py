@@ -1,0 +1,105 @@
+"""One run: data -> budget -> method (supervision sources, training) -> evaluation, in a run directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weakseg.budget import Budget, BudgetSelection, _choose, select
+from weakseg.config import RunConfig
+from weakseg.data.prepared import PreparedSplit, prepare
+from weakseg.data import build_dataset
+from weakseg.errors import ConfigError
+from weakseg.io import write_json
+from weakseg.runtime import configure_threads, pick_device
+
+
+@dataclass
+class StageResult:
+    """Metrics for one stage of a run (``pseudo``: pseudo-labels on train, ``final``: segmenter on test),
+    plus any settings the method adds to the row (``round`` for self-training, say)."""
+
+    stage: str
+    metrics: dict[str, Any]
+    setting: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """Everything a method needs: config, device, prepared splits, the budget selection, a directory."""
+
+    config: RunConfig
+    out_dir: Path
+    device: torch.device
+    train: PreparedSplit
+    val: PreparedSplit | None
+    test: PreparedSplit
+    selection: BudgetSelection
+    progress: bool = True
+
+
+Method = Callable[[RunContext], list[StageResult]]
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str) -> Callable[[Method], Method]:
+    """Decorator: make a training recipe available as ``method: <name>`` in configs."""
+
+    def wrap(fn: Method) -> Method:
+        _METHODS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_methods() -> list[str]:
+    from weakseg import methods  # noqa: F401  (fills the registry)
+
+    return sorted(_METHODS)
+
+
+def load_splits(config: RunConfig, data_root: str | Path, progress: bool = True
+                ) -> tuple[PreparedSplit, PreparedSplit]:
+    """The prepared training split and the test split (the latter with native-resolution ground truth)."""
+    ds = config.dataset
+    root = Path(data_root) / ds.root
+    options = {**ds.options, "download": True} if ds.download else ds.options
+    train = build_dataset(ds.name, root, ds.train_split, **options)
+    test = build_dataset(ds.name, root, ds.test_split, **ds.options)
+    return (prepare(train, ds.size, ds.fit, progress=progress),
+            prepare(test, ds.size, ds.fit, keep_native=True, progress=progress))
+
+
+def holdout(split: PreparedSplit, fraction: float, seed: int) -> tuple[PreparedSplit, PreparedSplit | None]:
+    """Split off a seeded validation fraction of the training images."""
+    if fraction <= 0:
+        return split, None
+    val_names = set(_choose(split.names, fraction * 100, seed, "validation"))
+    train_idx = [i for i, n in enumerate(split.names) if n not in val_names]
+    val_idx = [i for i, n in enumerate(split.names) if n in val_names]
+    return split.subset(train_idx), split.subset(val_idx)
+
+
+def run(config: RunConfig, out_dir: str | Path, data_root: str | Path = ".", progress: bool = True,
+        splits: tuple[PreparedSplit, PreparedSplit] | None = None) -> list[StageResult]:
+    """Run one configuration with one seed; writes config, budget, checkpoints and metrics to ``out_dir``."""
+    list_methods()
+    if config.method.name not in _METHODS:
+        raise ConfigError(f"unknown method '{config.method.name}'; known: {', '.join(list_methods())}")
+    configure_threads()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "config.json", config.model_dump())
+    train_full, test = splits or load_splits(config, data_root, progress)
+    train, val = holdout(train_full, config.dataset.val_fraction, config.seed)
+    b = config.budget
+    selection = select(Budget(b.coverage, b.boxes, b.density, b.point_mode, config.seed), train.names)
+    selection.save(out_dir / "budget.json")
+    context = RunContext(config, out_dir, pick_device(config.train.device), train, val, test, selection, progress)
+    results = _METHODS[config.method.name](context)
+    write_json(out_dir / "metrics.json", [r.__dict__ for r in results])
+    return results

@@ -1,0 +1,63 @@
+"""Prediction on image files: PNG masks (class indices) and overlay pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from weakseg.data.sample import Sample
+from weakseg.data.transforms import fit_sample
+from weakseg.errors import DataFileError
+from weakseg.evaluate import predict_probabilities
+from weakseg.io import IMAGE_EXTENSIONS, list_images, read_image, write_png
+from weakseg.models.segmenter import Segmenter
+from weakseg.visualize import overlay
+
+
+def collect_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Image files named directly or found in the named folders."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += list_images(item)
+        elif item.is_file() and item.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(item)
+        else:
+            raise DataFileError(item, "not an image file or folder")
+    return files
+
+
+@torch.no_grad()
+def predict_files(
+    model: Segmenter,
+    files: list[Path],
+    out_dir: str | Path,
+    size: int,
+    fit: str = "resize",
+    device: torch.device | None = None,
+    overlays: bool = True,
+    tta: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+) -> list[Path]:
+    """Write ``<stem>.png`` (class indices at native resolution) and ``<stem>_overlay.jpg`` per image."""
+    out_dir = Path(out_dir)
+    device = device or next(model.parameters()).device
+    model.eval().to(device)
+    written = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("predicting", total=len(files))
+        for path in files:
+            image = read_image(path)
+            fitted, geometry = fit_sample(Sample(image=image, mask=None, name=path.stem), size, fit)
+            x = torch.from_numpy(fitted.image).permute(2, 0, 1)[None].to(device).float() / 255
+            probs = predict_probabilities(model, x, tta)[0]
+            mask = geometry.to_native(probs).argmax(0).cpu().numpy().astype(np.uint8)
+            write_png(out_dir / f"{path.stem}.png", mask)
+            if overlays:
+                write_png(out_dir / f"{path.stem}_overlay.png", overlay(image, mask))
+            written.append(out_dir / f"{path.stem}.png")
+            bar.advance(task)
+    return written

@@ -1,0 +1,178 @@
+"""The training loop: Adam, halving the learning rate on a validation plateau, best-checkpoint keeping,
+resume from the last checkpoint, a progress bar and a per-epoch CSV log. Reads top to bottom."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from weakseg.config import TrainConfig
+from weakseg.data.prepared import PreparedSplit, iterate_batches
+from weakseg.evaluate import evaluate_model
+from weakseg.io import atomic_path
+from weakseg.losses import build_loss
+from weakseg.models.segmenter import Segmenter
+from weakseg.runtime import autocast, seed_everything
+
+LOG_FIELDS = ["epoch", "train_loss", "val_loss", "val_iou", "val_dice", "lr", "seconds", "images_per_s"]
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    images_per_s: float = 0.0
+
+
+def config_digest(config: TrainConfig, extra: dict[str, Any] | None = None) -> str:
+    """Identifies a training setup, so a resume never continues a different run (more epochs may be added)."""
+    ident = config.model_dump(exclude={"epochs", "progress", "device", "eval_batch_size", "tta"}) | (extra or {})
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, model: Segmenter, **state: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model_spec": model.spec, "model": model.state_dict(), **state}, tmp)
+
+
+class _TensorBoard:
+    """Writes scalars to TensorBoard when it is installed; silent otherwise."""
+
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir))
+        except Exception:
+            self.writer = None
+
+    def log(self, row: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, float) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+
+@torch.no_grad()
+def validation_loss(model: Segmenter, split: PreparedSplit, loss_fn: torch.nn.Module, device: torch.device,
+                    batch_size: int, amp: bool) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for images, masks, index in iterate_batches(split, batch_size, device):
+        with autocast(device, amp):
+            total += float(loss_fn(model(images), masks)) * len(index)
+        count += len(index)
+    return total / max(count, 1)
+
+
+def fit(
+    model: Segmenter,
+    train: PreparedSplit,
+    val: PreparedSplit | None,
+    config: TrainConfig,
+    out_dir: str | Path,
+    device: torch.device,
+    seed: int = 0,
+    resume: bool = True,
+    run_key: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train`` masks; keep ``best.pt`` by validation ``config.monitor`` (or the last epoch
+    without validation) and ``last.pt`` for resuming. Returns with ``model`` holding the best weights.
+    ``meta`` (input size, fit, class names) is stored in the checkpoints for prediction."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    digest = config_digest(config, (run_key or {}) | {"seed": seed, "model": model.spec, "n": len(train)})
+    generator = seed_everything(seed)
+    model.to(device, memory_format=torch.channels_last)
+    loss_fn = build_loss(config.loss, model.spec.get("mode", "multiclass"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=config.lr_factor, patience=config.patience
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp
+                                  and not torch.cuda.is_bf16_supported())
+    start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
+
+    # Resume from the last checkpoint of the same setup.
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    state = torch.load(last_path, map_location=device, weights_only=False) if last_path.is_file() else {}
+    if not (resume and state.get("digest") == digest):
+        best_path.unlink(missing_ok=True)  # a stale best checkpoint from another setup must not be picked up
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+        history = state["history"]
+
+    log_path = out_dir / "log.csv"
+    with open(log_path, "w", newline="") as fh:  # rewritten from history, so a resume leaves no duplicates
+        writer = csv.DictWriter(fh, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+    board = _TensorBoard(out_dir / "tensorboard")
+
+    steps = math.ceil(len(train) / config.batch_size)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[info]}"))
+    with Progress(*columns, disable=not config.progress, transient=True) as bar:
+        for epoch in range(start_epoch, config.epochs):
+            # One pass over the training images.
+            model.train()
+            task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps, info="")
+            started, seen, total_loss = time.perf_counter(), 0, 0.0
+            for images, masks, index in iterate_batches(train, config.batch_size, device, shuffle=True,
+                                                        generator=generator, augment=config.augment,
+                                                        drop_singleton=True):
+                with autocast(device, config.amp):
+                    loss = loss_fn(model(images), masks)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                seen += len(index)
+                total_loss += loss.item() * len(index)
+                bar.update(task, advance=1, info=f"loss {total_loss / seen:.4f}")
+            seconds = time.perf_counter() - started
+            bar.remove_task(task)
+
+            # Validate, adapt the learning rate, keep the best weights.
+            row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": round(seconds, 3), "images_per_s": seen / seconds if seconds else 0.0,
+                   "val_loss": math.nan, "val_iou": math.nan, "val_dice": math.nan}
+            if val is not None and len(val):
+                metrics = evaluate_model(model, val, device, config.eval_batch_size, native=False, amp=config.amp)
+                row.update(val_loss=validation_loss(model, val, loss_fn, device, config.eval_batch_size, config.amp),
+                           val_iou=metrics["iou"], val_dice=metrics["dice"])
+                score = float(metrics[config.monitor])
+                scheduler.step(score if math.isfinite(score) else -math.inf)
+            else:
+                score = float(epoch)
+            history.append(row)
+            with open(log_path, "a", newline="") as fh:
+                csv.DictWriter(fh, LOG_FIELDS).writerow(row)
+            board.log(row, epoch + 1)
+            if score > best_score:
+                best_score, best_epoch = score, epoch + 1
+                save_checkpoint(best_path, model, epoch=epoch, score=score, digest=digest, meta=meta or {})
+            save_checkpoint(last_path, model, epoch=epoch, digest=digest, meta=meta or {}, optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), generator=generator.get_state(),
+                            best_score=best_score, best_epoch=best_epoch, history=history)
+
+    if best_path.is_file():
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
+    speeds = [r["images_per_s"] for r in history if r["images_per_s"]]
+    return TrainResult(best_epoch, best_score, history, sum(speeds) / len(speeds) if speeds else 0.0)
