@@ -33,8 +33,7 @@ LONG_SIDE = 192
 JPEG_QUALITY = 85
 PER_BREED = {"trainval": 16, "test": 8}
 CC_BY_SA_TEXT = [  # the full legal code, if a copy is on this machine; the notice links it otherwise
-    Path.home()
-    / ".rustup/toolchains/stable-x86_64-unknown-linux-gnu/share/doc/rust/licenses/CC-BY-SA-4.0.txt",
+    Path.home() / ".rustup/toolchains/stable-x86_64-unknown-linux-gnu/share/doc/rust/licenses/CC-BY-SA-4.0.txt",
     Path("/usr/share/common-licenses/CC-BY-SA-4.0"),
 ]
 
@@ -143,9 +142,7 @@ def convert(source: Path, dest: Path, name: str) -> None:
     if not set(np.unique(tri).tolist()) <= {1, 2, 3}:
         raise SystemExit(f"unexpected trimap values in {name}")
     ok = cv2.imwrite(str(dest / "images" / f"{name}.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    ok &= cv2.imwrite(
-        str(dest / "annotations" / "trimaps" / f"{name}.png"), tri, [cv2.IMWRITE_PNG_COMPRESSION, 9]
-    )
+    ok &= cv2.imwrite(str(dest / "annotations" / "trimaps" / f"{name}.png"), tri, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise SystemExit(f"cannot write {name}")
     xml = source / "annotations" / "xmls" / f"{name}.xml"

@@ -123,12 +123,8 @@ def make_folder_dataset(tmp_path: Path):
                 truth.masks[stem] = obj if mask_mode == "binary" else obj * class_index
             x, y, w, h = cv2.boundingRect(obj)
             stem_boxes = [(x, y, w, h)] + ([(2.5, 3.0, 10.0, 6.5)] if i == 0 else [])
-            truth.boxes[stem] = np.array(
-                [(bx, by, bx + bw, by + bh) for bx, by, bw, bh in stem_boxes], np.float32
-            )
-            coco["images"].append(
-                {"id": 100 + i, "file_name": f"{stem}.png", "height": height, "width": width}
-            )
+            truth.boxes[stem] = np.array([(bx, by, bx + bw, by + bh) for bx, by, bw, bh in stem_boxes], np.float32)
+            coco["images"].append({"id": 100 + i, "file_name": f"{stem}.png", "height": height, "width": width})
             for bx, by, bw, bh in stem_boxes:
                 coco["annotations"].append(
                     {

@@ -23,9 +23,7 @@ def shuffled(names: list[str], seed: int) -> list[str]:
 def pet_like_mask(index: int = 0, size: tuple[int, int] = (48, 64)) -> np.ndarray:
     """0 background, 1 object, IGNORE_INDEX on a 1-pixel ring around the object (like an Oxford trimap)."""
     _, obj = draw_object(index, *size)
-    ring = np.abs(np.diff(obj.astype(int), axis=0, prepend=0)) + np.abs(
-        np.diff(obj.astype(int), axis=1, prepend=0)
-    )
+    ring = np.abs(np.diff(obj.astype(int), axis=0, prepend=0)) + np.abs(np.diff(obj.astype(int), axis=1, prepend=0))
     mask = obj.copy()
     mask[ring > 0] = IGNORE_INDEX
     return mask

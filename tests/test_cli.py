@@ -11,8 +11,14 @@ import pytest
 
 
 def weakseg(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "weakseg.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env=os.environ.copy())
+    return subprocess.run(
+        [sys.executable, "-m", "weakseg.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
 
 
 def test_help_lists_the_commands():

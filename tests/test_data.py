@@ -563,9 +563,7 @@ def make_pet_archives(demo_root: Path, dest: Path, names: list[str]) -> tuple[Pa
     """images.tar.gz and annotations.tar.gz as on the Oxford site (top folders images/, annotations/)."""
     dest.mkdir(parents=True)
     images, annotations = dest / "images.tar.gz", dest / "annotations.tar.gz"
-    rows = [
-        r for r in (demo_root / "annotations" / "list.txt").read_text().splitlines() if r.split()[0] in names
-    ]
+    rows = [r for r in (demo_root / "annotations" / "list.txt").read_text().splitlines() if r.split()[0] in names]
     lists = dest / "lists"
     lists.mkdir()
     for list_name in ("list.txt", "trainval.txt"):

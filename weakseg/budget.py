@@ -24,7 +24,7 @@ def _rng(seed: int, *tags: str) -> np.random.Generator:
     return np.random.default_rng([seed, *(zlib.crc32(t.encode()) for t in tags)])
 
 
-def _choose(names: list[str], percent: float, seed: int, tag: str) -> list[str]:
+def choose_subset(names: list[str], percent: float, seed: int, tag: str) -> list[str]:
     """A seeded subset of ``percent`` % of the names (at least one if percent > 0), sorted."""
     ordered = sorted(names)
     if percent >= 100:
@@ -57,16 +57,18 @@ class BudgetSelection:
     images: int = 0
 
     def save(self, path: str | Path) -> None:
-        write_json(path, {"budget": asdict(self.budget), "images": self.images, "masks": self.masks,
-                          "boxes": self.boxes})
+        write_json(
+            path,
+            {"budget": asdict(self.budget), "images": self.images, "masks": self.masks, "boxes": self.boxes},
+        )
 
 
 def select(budget: Budget, names: list[str]) -> BudgetSelection:
     """Choose the images that keep full masks (``coverage`` %) and boxes (``boxes`` %)."""
     return BudgetSelection(
         budget=budget,
-        masks=_choose(names, budget.coverage, budget.seed, "masks"),
-        boxes=_choose(names, budget.boxes, budget.seed, "boxes"),
+        masks=choose_subset(names, budget.coverage, budget.seed, "masks"),
+        boxes=choose_subset(names, budget.boxes, budget.seed, "boxes"),
         images=len(names),
     )
 
@@ -94,10 +96,12 @@ def sample_points(mask: np.ndarray, density: float, name: str, seed: int, mode: 
     else:
         classes = np.unique(flat[valid])
         per_class = max(1, k // len(classes))
-        chosen = np.concatenate([
-            rng.choice(pool, size=min(per_class, pool.size), replace=False)
-            for pool in (valid[flat[valid] == c] for c in classes)
-        ])
+        chosen = np.concatenate(
+            [
+                rng.choice(pool, size=min(per_class, pool.size), replace=False)
+                for pool in (valid[flat[valid] == c] for c in classes)
+            ]
+        )
     out[chosen] = flat[chosen]
     return out.reshape(mask.shape)
 

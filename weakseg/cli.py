@@ -13,8 +13,12 @@ from rich.table import Table
 
 from weakseg.errors import WeaksegError
 
-app = typer.Typer(help="weakseg: from cheap labels to pixel masks, measured honestly.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="weakseg: from cheap labels to pixel masks, measured honestly.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 experiment_app = typer.Typer(help="Run experiment specs (grids of settings over seeds).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print one JSON line.", no_args_is_help=True)
 list_app = typer.Typer(help="List registered models, datasets and methods.", no_args_is_help=True)
@@ -50,13 +54,15 @@ def train(
     data_root: DataRoot = Path("."),
     out: Annotated[Path, typer.Option(help="Run directory (checkpoints, log.csv, metrics.json).")] = Path("runs/train"),
     seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
+    download: Annotated[bool, typer.Option(help="Fetch the dataset's official archive if it is missing.")] = False,
     overrides: Overrides = None,
 ) -> None:
     """Train a segmenter as configured (resumes from OUT/last.pt when the setup is the same) and test it."""
     from weakseg.config import load_run_config
     from weakseg.pipeline import run
 
-    cfg = load_run_config(config, (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+    extra = ([f"seed={seed}"] if seed is not None else []) + (["dataset.download=true"] if download else [])
+    cfg = load_run_config(config, (overrides or []) + extra)
     _print_results(run(cfg, out, data_root))
     console.print(f"run directory: {out}")
 
@@ -69,13 +75,14 @@ def evaluate(
     root: Annotated[Path, typer.Option(help="Dataset root folder.")] = Path("oxford-iiit-pet-subset"),
     split: Annotated[str, typer.Option(help="Split to score on.")] = "test",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
+    download: Annotated[bool, typer.Option(help="Fetch the dataset's official archive if it is missing.")] = False,
 ) -> None:
     """Score a checkpoint or a folder of masks against a dataset's ground truth (native resolution)."""
     from weakseg.data import build_dataset
     from weakseg.evaluate import evaluate_mask_folder, evaluate_model
     from weakseg.io import write_json
 
-    ds = build_dataset(dataset, root, split)
+    ds = build_dataset(dataset, root, split, **({"download": True} if download else {}))
     if (checkpoint is None) == (pred_dir is None):
         raise WeaksegError("give exactly one of --checkpoint and --pred-dir")
     if pred_dir is not None:
@@ -89,8 +96,11 @@ def evaluate(
 
         configure_threads()
         device = pick_device()
-        meta = torch.load(checkpoint, map_location="cpu", weights_only=False).get("meta", {}) \
-            if checkpoint.is_file() else {}
+        meta = (
+            torch.load(checkpoint, map_location="cpu", weights_only=False).get("meta", {})
+            if checkpoint.is_file()
+            else {}
+        )
         model = load_model(checkpoint).to(device)
         prepared = prepare(ds, meta.get("size", 160), meta.get("fit", "resize"), keep_native=True)
         metrics = evaluate_model(model, prepared, device, progress=True)
@@ -115,8 +125,9 @@ def predict(
 
     configure_threads()
     files = collect_inputs(inputs)
-    meta = torch.load(checkpoint, map_location="cpu", weights_only=False).get("meta", {}) \
-        if checkpoint.is_file() else {}
+    meta = (
+        torch.load(checkpoint, map_location="cpu", weights_only=False).get("meta", {}) if checkpoint.is_file() else {}
+    )
     model = load_model(checkpoint).to(pick_device())
     written = predict_files(model, files, out, meta.get("size", 160), meta.get("fit", "resize"), overlays=overlays)
     console.print(f"wrote {len(written)} masks to {out}")
@@ -135,8 +146,10 @@ def demo(
     from weakseg.predict import predict_files
 
     cfg = demo_config(epochs, overrides)
-    console.print(f"[bold]weakseg demo[/]: U-Net ({cfg.model.encoder}, bundled ImageNet weights) on the embedded "
-                  f"Oxford-IIIT Pet sample, {cfg.train.epochs} epochs at {cfg.dataset.size} px")
+    console.print(
+        f"[bold]weakseg demo[/]: U-Net ({cfg.model.encoder}, bundled ImageNet weights) on the embedded "
+        f"Oxford-IIIT Pet sample, {cfg.train.epochs} epochs at {cfg.dataset.size} px"
+    )
     results = run(cfg, out, ".")
     _print_results(results)
     from weakseg.data import build_dataset

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from weakseg.budget import Budget, BudgetSelection, _choose, select
+from weakseg.budget import Budget, BudgetSelection, choose_subset, select
 from weakseg.config import RunConfig
-from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.data import build_dataset
+from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
 from weakseg.io import write_json
 from weakseg.runtime import configure_threads, pick_device
@@ -62,30 +62,36 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def load_splits(config: RunConfig, data_root: str | Path, progress: bool = True
-                ) -> tuple[PreparedSplit, PreparedSplit]:
+def load_splits(config: RunConfig, data_root: str | Path, progress: bool = True) -> tuple[PreparedSplit, PreparedSplit]:
     """The prepared training split and the test split (the latter with native-resolution ground truth)."""
     ds = config.dataset
     root = Path(data_root) / ds.root
     options = {**ds.options, "download": True} if ds.download else ds.options
     train = build_dataset(ds.name, root, ds.train_split, **options)
     test = build_dataset(ds.name, root, ds.test_split, **ds.options)
-    return (prepare(train, ds.size, ds.fit, progress=progress),
-            prepare(test, ds.size, ds.fit, keep_native=True, progress=progress))
+    return (
+        prepare(train, ds.size, ds.fit, progress=progress),
+        prepare(test, ds.size, ds.fit, keep_native=True, progress=progress),
+    )
 
 
 def holdout(split: PreparedSplit, fraction: float, seed: int) -> tuple[PreparedSplit, PreparedSplit | None]:
     """Split off a seeded validation fraction of the training images."""
     if fraction <= 0:
         return split, None
-    val_names = set(_choose(split.names, fraction * 100, seed, "validation"))
+    val_names = set(choose_subset(split.names, fraction * 100, seed, "validation"))
     train_idx = [i for i, n in enumerate(split.names) if n not in val_names]
     val_idx = [i for i, n in enumerate(split.names) if n in val_names]
     return split.subset(train_idx), split.subset(val_idx)
 
 
-def run(config: RunConfig, out_dir: str | Path, data_root: str | Path = ".", progress: bool = True,
-        splits: tuple[PreparedSplit, PreparedSplit] | None = None) -> list[StageResult]:
+def run(
+    config: RunConfig,
+    out_dir: str | Path,
+    data_root: str | Path = ".",
+    progress: bool = True,
+    splits: tuple[PreparedSplit, PreparedSplit] | None = None,
+) -> list[StageResult]:
     """Run one configuration with one seed; writes config, budget, checkpoints and metrics to ``out_dir``."""
     list_methods()
     if config.method.name not in _METHODS:

@@ -17,9 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from weakseg.config import TrainConfig
 from weakseg.data.prepared import PreparedSplit, iterate_batches
-from weakseg.evaluate import evaluate_model
 from weakseg.io import atomic_path
 from weakseg.losses import build_loss
+from weakseg.metrics import ConfusionMatrix
 from weakseg.models.segmenter import Segmenter
 from weakseg.runtime import autocast, seed_everything
 
@@ -65,15 +65,26 @@ class _TensorBoard:
 
 
 @torch.no_grad()
-def validation_loss(model: Segmenter, split: PreparedSplit, loss_fn: torch.nn.Module, device: torch.device,
-                    batch_size: int, amp: bool) -> float:
+@torch.no_grad()
+def validate(
+    model: Segmenter,
+    split: PreparedSplit,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
+) -> dict[str, float]:
+    """Loss and metrics on the validation split at model resolution, in one forward pass per batch."""
     model.eval()
+    cm = ConfusionMatrix(len(split.mask_classes))
     total, count = 0.0, 0
     for images, masks, index in iterate_batches(split, batch_size, device):
         with autocast(device, amp):
-            total += float(loss_fn(model(images), masks)) * len(index)
+            logits = model(images)
+            total += float(loss_fn(logits, masks)) * len(index)
+        cm.update(model.probabilities(logits).argmax(1), masks)
         count += len(index)
-    return total / max(count, 1)
+    return {"loss": total / max(count, 1), **cm.compute()}
 
 
 def fit(
@@ -101,8 +112,9 @@ def fit(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.lr_factor, patience=config.patience
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp
-                                  and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
+    )
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
 
     # Resume from the last checkpoint of the same setup.
@@ -126,17 +138,28 @@ def fit(
     board = _TensorBoard(out_dir / "tensorboard")
 
     steps = math.ceil(len(train) / config.batch_size)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[info]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
     with Progress(*columns, disable=not config.progress, transient=True) as bar:
         for epoch in range(start_epoch, config.epochs):
             # One pass over the training images.
             model.train()
             task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps, info="")
             started, seen, total_loss = time.perf_counter(), 0, 0.0
-            for images, masks, index in iterate_batches(train, config.batch_size, device, shuffle=True,
-                                                        generator=generator, augment=config.augment,
-                                                        drop_singleton=True):
+            for images, masks, index in iterate_batches(
+                train,
+                config.batch_size,
+                device,
+                shuffle=True,
+                generator=generator,
+                augment=config.augment,
+                drop_singleton=True,
+            ):
                 with autocast(device, config.amp):
                     loss = loss_fn(model(images), masks)
                 optimizer.zero_grad(set_to_none=True)
@@ -150,13 +173,23 @@ def fit(
             bar.remove_task(task)
 
             # Validate, adapt the learning rate, keep the best weights.
-            row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-                   "seconds": round(seconds, 3), "images_per_s": seen / seconds if seconds else 0.0,
-                   "val_loss": math.nan, "val_iou": math.nan, "val_dice": math.nan}
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": total_loss / max(seen, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(seconds, 3),
+                "images_per_s": seen / seconds if seconds else 0.0,
+                "val_loss": math.nan,
+                "val_iou": math.nan,
+                "val_dice": math.nan,
+            }
             if val is not None and len(val):
-                metrics = evaluate_model(model, val, device, config.eval_batch_size, native=False, amp=config.amp)
-                row.update(val_loss=validation_loss(model, val, loss_fn, device, config.eval_batch_size, config.amp),
-                           val_iou=metrics["iou"], val_dice=metrics["dice"])
+                metrics = validate(model, val, loss_fn, device, config.eval_batch_size, config.amp)
+                row.update(
+                    val_loss=metrics["loss"],
+                    val_iou=metrics["iou"],
+                    val_dice=metrics["dice"],
+                )
                 score = float(metrics[config.monitor])
                 scheduler.step(score if math.isfinite(score) else -math.inf)
             else:
@@ -168,9 +201,19 @@ def fit(
             if score > best_score:
                 best_score, best_epoch = score, epoch + 1
                 save_checkpoint(best_path, model, epoch=epoch, score=score, digest=digest, meta=meta or {})
-            save_checkpoint(last_path, model, epoch=epoch, digest=digest, meta=meta or {}, optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), generator=generator.get_state(),
-                            best_score=best_score, best_epoch=best_epoch, history=history)
+            save_checkpoint(
+                last_path,
+                model,
+                epoch=epoch,
+                digest=digest,
+                meta=meta or {},
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                generator=generator.get_state(),
+                best_score=best_score,
+                best_epoch=best_epoch,
+                history=history,
+            )
 
     if best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])

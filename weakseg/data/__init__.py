@@ -7,4 +7,11 @@ from weakseg.data.base import SegmentationDataset
 from weakseg.data.registry import build_dataset, list_datasets, register_dataset
 from weakseg.data.sample import IGNORE_INDEX, Sample
 
-__all__ = ["IGNORE_INDEX", "Sample", "SegmentationDataset", "build_dataset", "list_datasets", "register_dataset"]
+__all__ = [
+    "IGNORE_INDEX",
+    "Sample",
+    "SegmentationDataset",
+    "build_dataset",
+    "list_datasets",
+    "register_dataset",
+]

@@ -52,6 +52,11 @@ def read_coco_boxes(path: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in boxes.items()}
 
 
+def binarize(raw: np.ndarray) -> np.ndarray:
+    """0/255 (or JPEG-noisy) masks threshold at 128; 0/1 masks stay as they are."""
+    return (raw >= 128 if raw.max() > 1 else raw > 0).astype(np.uint8)
+
+
 @register_dataset("folder")
 class FolderDataset(SegmentationDataset):
     """Images with optional masks, labels and boxes from a plain folder (see the module docstring)."""
@@ -62,8 +67,11 @@ class FolderDataset(SegmentationDataset):
         split: str = "all",
         mask_mode: str = "binary",
         mask_classes: list[str] | None = None,
+        download: bool = False,
     ):
         super().__init__(root, split)
+        if download:
+            raise DatasetNotFoundError("Folder", self.root, "A folder dataset has no archive to download.")
         image_dir = self.root / "images"
         if not image_dir.is_dir():
             raise DatasetNotFoundError("Folder", self.root, "Expected an images/ folder (and optionally masks/).")
@@ -73,8 +81,10 @@ class FolderDataset(SegmentationDataset):
         if split == "all":
             self.names = sorted(self._files)
         else:
-            split_file = next((p for p in (self.root / f"{split}.txt", self.root / "splits" / f"{split}.txt")
-                               if p.is_file()), None)
+            split_file = next(
+                (p for p in (self.root / f"{split}.txt", self.root / "splits" / f"{split}.txt") if p.is_file()),
+                None,
+            )
             if split_file is None:
                 raise DataFileError(self.root / f"{split}.txt", "split list is missing")
             self.names = [s.strip() for s in split_file.read_text().splitlines() if s.strip()]
@@ -109,10 +119,7 @@ class FolderDataset(SegmentationDataset):
             raw = read_mask(mask_file)
             if raw.shape != image.shape[:2]:
                 raise DataFileError(mask_file, f"mask size {raw.shape} != image size {image.shape[:2]}")
-            if self.mask_mode == "binary":
-                mask = (raw >= 128 if raw.max() > 1 else raw > 0).astype(np.uint8)
-            else:
-                mask = raw
+            mask = raw if self.mask_mode == "index" else binarize(raw)
         vocab = {c: i for i, c in enumerate(self.tag_classes)}
         labels = [vocab[c] for c in self._labels.get(name, [])]
         boxes = self._boxes.get(name, np.zeros((0, 4), np.float32))

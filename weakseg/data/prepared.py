@@ -102,7 +102,11 @@ def prepare(
 ) -> PreparedSplit:
     """Decode and fit every sample of ``dataset`` (in threads), or load the same from the disk cache."""
     check_size(size)
-    path = cache_dir() / "prepared" / f"{dataset.key or type(dataset).__name__}-{_cache_key(dataset, size, fit, keep_native)}.pt"
+    path = (
+        cache_dir()
+        / "prepared"
+        / f"{dataset.key or type(dataset).__name__}-{_cache_key(dataset, size, fit, keep_native)}.pt"
+    )
     if use_cache and path.is_file():
         try:
             return torch.load(path, weights_only=False)
@@ -119,7 +123,10 @@ def prepare(
     has_masks = True
     masks = torch.full((n, size, size), IGNORE_INDEX, dtype=torch.uint8)
     labels, boxes, geometry, native = [], [], [], []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, Progress(disable=not progress, transient=True) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+        Progress(disable=not progress, transient=True) as bar,
+    ):
         task = bar.add_task(f"preparing {dataset.key or 'dataset'}/{dataset.split}", total=n)
         for i, (fitted, geo, native_mask) in enumerate(pool.map(load, range(n))):
             images[i] = torch.from_numpy(fitted.image).permute(2, 0, 1)

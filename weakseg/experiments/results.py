@@ -41,8 +41,12 @@ def markdown_table(name: str, rows: list[dict[str, Any]]) -> str:
     for row in rows:
         keys += [k for k in row["setting"] if k not in keys]
     metrics = [m for m in TABLE_METRICS if any(m in r["metrics"] for r in rows)]
-    lines = [f"# {name}", "", "| " + " | ".join([*keys, *metrics, "n"]) + " |",
-             "|" + "---|" * (len(keys) + len(metrics) + 1)]
+    lines = [
+        f"# {name}",
+        "",
+        "| " + " | ".join([*keys, *metrics, "n"]) + " |",
+        "|" + "---|" * (len(keys) + len(metrics) + 1),
+    ]
     for row in rows:
         setting = [str(row["setting"].get(k, "")) for k in keys]
         cells = [_cell(row["metrics"].get(m)) for m in metrics]

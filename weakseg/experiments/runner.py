@@ -97,13 +97,20 @@ def run_experiment(
             started = time.perf_counter()
             seeded = config.model_copy(update={"seed": seed})
             results = run(seeded, run_dir, data_root, progress, splits=splits_cache[key])
-            console.print(f"  done in {time.perf_counter() - started:.0f} s: " + ", ".join(
-                f"{r.stage} iou {r.metrics.get('iou', float('nan')):.3f}" for r in results))
+            console.print(
+                f"  done in {time.perf_counter() - started:.0f} s: "
+                + ", ".join(f"{r.stage} iou {r.metrics.get('iou', float('nan')):.3f}" for r in results)
+            )
     return collect(spec, out_dir, rows, filters.get("stage"), publish_dir)
 
 
-def collect(spec: ExperimentSpec, out_dir: Path, rows: list[tuple[dict[str, Any], RunConfig]],
-            stages: list[str] | None, publish_dir: Path | None) -> list[dict[str, Any]]:
+def collect(
+    spec: ExperimentSpec,
+    out_dir: Path,
+    rows: list[tuple[dict[str, Any], RunConfig]],
+    stages: list[str] | None,
+    publish_dir: Path | None,
+) -> list[dict[str, Any]]:
     """Aggregate the finished seeds of every row (and stage) into the results files."""
     table = []
     for setting, _ in rows:

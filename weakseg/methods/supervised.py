@@ -5,17 +5,24 @@ from __future__ import annotations
 from weakseg.evaluate import evaluate_model
 from weakseg.models import build_model
 from weakseg.pipeline import RunContext, StageResult, register_method
+from weakseg.runtime import seed_everything
 from weakseg.train import fit
 
 
 def train_and_test(ctx: RunContext, train_split, run_key: dict) -> StageResult:
     """Build the configured model, fit it on ``train_split`` and score it on the test split."""
     m, t = ctx.config.model, ctx.config.train
+    seed_everything(ctx.config.seed)  # the decoder's random initialisation depends on the seed too
     model = build_model(m.arch, m.encoder, len(ctx.train.mask_classes), m.weights, m.mode)
-    meta = {"size": ctx.config.dataset.size, "fit": ctx.config.dataset.fit, "mask_classes": ctx.train.mask_classes}
+    meta = {
+        "size": ctx.config.dataset.size,
+        "fit": ctx.config.dataset.fit,
+        "mask_classes": ctx.train.mask_classes,
+    }
     result = fit(model, train_split, ctx.val, t, ctx.out_dir, ctx.device, ctx.config.seed, run_key=run_key, meta=meta)
-    metrics = evaluate_model(model, ctx.test, ctx.device, t.eval_batch_size, tta=t.tta, amp=t.amp,
-                             progress=ctx.progress)
+    metrics = evaluate_model(
+        model, ctx.test, ctx.device, t.eval_batch_size, tta=t.tta, amp=t.amp, progress=ctx.progress
+    )
     metrics["best_epoch"] = result.best_epoch
     metrics["train_images_per_s"] = result.images_per_s
     return StageResult("final", metrics)
