@@ -1,0 +1,68 @@
+"""Class activation maps for timm classifiers, in the spirit of pytorch-grad-cam but batched on the device.
+
+    with GradCAM(model, target_layers) as cam:
+        maps = cam(images, targets)  # (N, H, W) in [0, 1], on the model's device
+
+Gradient methods on the final feature layer of a timm model skip the backbone backward pass (see
+:mod:`weakseg.cams.base`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from weakseg.cams.base import BaseCAM, fuse_maps, resolve_targets, scale_maps, upsample
+from weakseg.cams.cam import CAM
+from weakseg.cams.fullgrad import FullGrad
+from weakseg.cams.grad_cam import GradCAM
+from weakseg.cams.grad_cam_plusplus import GradCAMPlusPlus
+from weakseg.cams.hirescam import HiResCAM
+from weakseg.cams.layer_cam import LayerCAM
+from weakseg.cams.layers import default_target_layers
+from weakseg.cams.xgrad_cam import XGradCAM
+from weakseg.errors import ConfigError
+
+CAM_METHODS: dict[str, type[BaseCAM]] = {
+    "cam": CAM,
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "fullgrad": FullGrad,
+}
+
+
+def list_cams() -> list[str]:
+    """Names accepted by :func:`build_cam`."""
+    return list(CAM_METHODS)
+
+
+def build_cam(name: str, model: nn.Module, target_layers: Sequence[nn.Module] | None = None, **kwargs) -> BaseCAM:
+    """Create a CAM method by name (case-insensitive; ``-``/``_`` ignored, ``gradcampp`` = ``gradcam++``)."""
+    key = name.strip().lower().replace("-", "").replace("_", "").replace("plusplus", "++").replace("pp", "++")
+    if key not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method '{name}'; choose from {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[key](model, target_layers, **kwargs)
+
+
+__all__ = [
+    "CAM",
+    "CAM_METHODS",
+    "BaseCAM",
+    "FullGrad",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "XGradCAM",
+    "build_cam",
+    "default_target_layers",
+    "fuse_maps",
+    "list_cams",
+    "resolve_targets",
+    "scale_maps",
+    "upsample",
+]
