@@ -35,3 +35,20 @@ def blob_split(n: int, size: int = 64, seed: int = 0) -> PreparedSplit:
         mask_classes=["background", "blob"],
         tag_classes=["blob"],
     )
+
+
+def tagged_blob_split(n: int, size: int = 64, seed: int = 0) -> PreparedSplit:
+    """Like :func:`blob_split`, tagged with the blob's colour: 0 = reddish, 1 = bluish (alternating)."""
+    split = blob_split(n, size, seed)
+    rng = np.random.default_rng(seed + 1)
+    images = split.images.clone()
+    labels = []
+    for i in range(n):
+        tag = i % 2
+        inside = split.masks[i].bool()
+        color = torch.tensor([230, 60, 40] if tag == 0 else [40, 80, 230], dtype=torch.float32)
+        color = color + torch.from_numpy(rng.integers(-20, 20, 3)).float()
+        images[i][:, inside] = (0.2 * images[i][:, inside].float() + 0.8 * color[:, None]).to(torch.uint8)
+        labels.append([tag])
+    split.images, split.labels, split.tag_classes = images, labels, ["red", "blue"]
+    return split

@@ -29,13 +29,33 @@ def write_spec(path, demo_root, **extra):
 def test_grid_expands_to_rows_with_named_settings(tmp_path, demo_root):
     spec = load_spec(write_spec(tmp_path / "s.yaml", demo_root, grid={"arch": ["unet", "fpn"], "coverage": [5, 100]}))
     rows = expand_rows(spec)
-    assert [s for s, _ in rows] == [
+    assert [r.setting for r in rows] == [
         {"method": "full", "arch": "unet", "coverage": 5},
         {"method": "full", "arch": "unet", "coverage": 100},
         {"method": "full", "arch": "fpn", "coverage": 5},
         {"method": "full", "arch": "fpn", "coverage": 100},
     ]
-    assert rows[2][1].model.arch == "fpn" and rows[2][1].budget.coverage == 5
+    assert rows[2].config.model.arch == "fpn" and rows[2].config.budget.coverage == 5
+
+
+def test_parts_have_their_own_grid_overrides_and_seeds(tmp_path, demo_root):
+    parts = [
+        {"grid": {"method": ["cam", "gradcam"], "refine": ["otsu", "otsu | crf"]}, "seeds": [0]},
+        {
+            "set": {"method": "gradcam", "refine": "otsu | grabcut", "method.segmenter": True},
+            "grid": {"arch": ["unet"]},
+        },
+    ]
+    spec = load_spec(write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts))
+    rows = expand_rows(spec)
+    assert [r.setting for r in rows][:2] == [
+        {"method": "cam", "refine": "otsu"},
+        {"method": "cam", "refine": "otsu | crf"},
+    ]
+    assert len(rows) == 5 and [r.seeds for r in rows] == [[0]] * 4 + [[0, 1]]
+    last = rows[-1]
+    assert last.setting == {"method": "gradcam", "refine": "otsu | grabcut", "arch": "unet"}
+    assert last.config.method.segmenter and last.config.method.refine == "otsu | grabcut"
 
 
 def test_overrides_and_validation_errors_name_the_key(tmp_path, demo_root):

@@ -90,3 +90,87 @@ def bench_train(
         "bare_runs": [round(v, 2) for v in bare],
         "weakseg_runs": [round(v, 2) for v in ours],
     }
+
+
+GRADCAM_ORACLES = {
+    "cam": "GradCAM",  # equal to CAM for a global-average-pool + linear head
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "fullgrad": "FullGrad",
+}
+
+
+def _timed(fn, images: torch.Tensor, batch_size: int, device: torch.device) -> tuple[float, list]:
+    """Images/s of ``fn(batch)`` over all images, and its outputs."""
+    outputs, started = [], time.perf_counter()
+    for start in range(0, len(images), batch_size):
+        outputs.append(fn(images[start : start + batch_size].to(device).float().div_(255), start))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(images) / (time.perf_counter() - started), outputs
+
+
+def bench_cam(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: list[int],
+    method: str = "gradcam",
+    batch_size: int = 32,
+    repeats: int = 3,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Throughput of weakseg's CAM, pytorch-grad-cam's same method and a plain forward pass, on the same model,
+    images (uint8 N x 3 x S x S) and batches, alternated ``repeats`` times (medians); the largest difference
+    between weakseg's and pytorch-grad-cam's maps."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from weakseg.cams import build_cam, default_target_layers
+
+    configure_threads()
+    dev = pick_device(device)
+    model = model.to(dev).eval()
+    layers = default_target_layers(model)
+    oracle_cls = getattr(pytorch_grad_cam, GRADCAM_ORACLES[method])
+
+    def forward(x: torch.Tensor, start: int) -> None:
+        with torch.no_grad():
+            model(x)
+
+    def ours(x: torch.Tensor, start: int) -> torch.Tensor:
+        return cam(x, targets[start : start + len(x)])
+
+    def oracle(x: torch.Tensor, start: int):
+        return reference(x, [ClassifierOutputTarget(t) for t in targets[start : start + len(x)]])
+
+    speeds: dict[str, list[float]] = {"forward": [], "weakseg": [], "gradcam": []}
+    diff = 0.0
+    _timed(forward, images[:batch_size], batch_size, dev)  # warm-up (allocator, kernels)
+    for _ in range(repeats):  # each method's hooks exist only while it is timed
+        speeds["forward"].append(_timed(forward, images, batch_size, dev)[0])
+        with build_cam(method, model, layers) as cam:
+            speed, maps = _timed(ours, images, batch_size, dev)
+        speeds["weakseg"].append(speed)
+        with oracle_cls(model=model, target_layers=layers) as reference:
+            speed, reference_maps = _timed(oracle, images, batch_size, dev)
+        speeds["gradcam"].append(speed)
+        for a, b in zip(maps, reference_maps, strict=True):
+            diff = max(diff, float((a.cpu() - torch.from_numpy(b)).abs().max()))
+    median = {k: statistics.median(v) for k, v in speeds.items()}
+    return {
+        "method": method,
+        "weakseg_img_s": round(median["weakseg"], 2),
+        "gradcam_img_s": round(median["gradcam"], 2),
+        "forward_img_s": round(median["forward"], 2),
+        "max_abs_diff": diff,
+        "vs_gradcam": round(median["weakseg"] / median["gradcam"], 3),
+        "vs_forward": round(median["weakseg"] / median["forward"], 3),
+        "device": str(dev),
+        "images": len(images),
+        "size": int(images.shape[-1]),
+        "batch_size": batch_size,
+        "runs": {k: [round(s, 2) for s in v] for k, v in speeds.items()},
+    }

@@ -133,6 +133,93 @@ def predict(
     console.print(f"wrote {len(written)} masks to {out}")
 
 
+@app.command("train-classifier")
+def train_classifier_cmd(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Run config YAML (dataset, classifier).")
+    ] = None,
+    data_root: DataRoot = Path("."),
+    out: Annotated[Path, typer.Option(help="Folder for classifier.pt and classifier.csv.")] = Path("runs/classifier"),
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    overrides: Overrides = None,
+) -> None:
+    """Fine-tune a tag classifier (timm backbone, crop + flip augmentation) on the training split's tags and
+    report its accuracy on the test split's tags. Resumes an interrupted run."""
+    from weakseg.classify import is_multilabel, train_classifier
+    from weakseg.config import load_run_config
+    from weakseg.data import build_dataset
+    from weakseg.data.prepared import prepare
+    from weakseg.models.classifier import build_classifier
+    from weakseg.runtime import configure_threads, pick_device
+
+    configure_threads()
+    cfg = load_run_config(config, overrides or [])
+    ds, c = cfg.dataset, cfg.classifier
+    train = prepare(build_dataset(ds.name, data_root / ds.root, ds.train_split, **ds.options), ds.size, ds.fit)
+    test = prepare(build_dataset(ds.name, data_root / ds.root, ds.test_split, **ds.options), ds.size, ds.fit)
+    if not train.tag_classes:
+        raise WeaksegError(f"dataset '{ds.name}' has no image tags to train a classifier on")
+    model = build_classifier(c.encoder, len(train.tag_classes), c.weights, is_multilabel(train, c), c.drop_rate)
+    result = train_classifier(model, train, c, out / "classifier.pt", pick_device(cfg.train.device), seed, test)
+    for row in result.history:
+        console.print(
+            f"epoch {row['epoch']}: loss {row['loss']:.4f}, test accuracy {row.get('accuracy', float('nan')):.3f}, "
+            f"{row['images_per_s']:.1f} images/s"
+        )
+    console.print(f"test accuracy {result.accuracy:.4f} on {len(test)} images; classifier: {out / 'classifier.pt'}")
+
+
+@app.command("pseudo-label")
+def pseudo_label_cmd(
+    classifier: Annotated[Path, typer.Option(help="Classifier checkpoint from train-classifier.")],
+    out: Annotated[Path, typer.Option(help="Output folder (masks/, soft/, overlays/).")],
+    dataset: Annotated[str, typer.Option(help="Dataset name (oxford_pet, kvasir, folder).")] = "oxford_pet",
+    root: Annotated[Path, typer.Option(help="Dataset root folder.")] = Path("oxford-iiit-pet-subset"),
+    split: Annotated[str, typer.Option(help="Split to label.")] = "trainval",
+    method: Annotated[str, typer.Option(help="CAM method (weakseg list cams).")] = "gradcam",
+    refine: Annotated[str, typer.Option(help="Refinement pipeline, e.g. 'otsu | grabcut:iters=5 | lcc'.")] = "otsu",
+    size: Annotated[int, typer.Option(help="Model input size for the CAM.")] = 160,
+    scales: Annotated[str, typer.Option(help="Comma-separated CAM input scales, averaged.")] = "1",
+    flip: Annotated[bool, typer.Option(help="Also average the CAM of the flipped image.")] = False,
+    refine_at: Annotated[str, typer.Option(help="Refine at 'input' size (fast) or 'native' size.")] = "input",
+    soft: Annotated[bool, typer.Option(help="Also write the soft maps (soft/).")] = True,
+    overlays: Annotated[bool, typer.Option(help="Also write heatmap + mask pictures (overlays/).")] = False,
+    workers: Annotated[int | None, typer.Option(help="Processes for refinement (default: all cores).")] = None,
+    batch_size: Annotated[int, typer.Option(help="CAM batch size.")] = 32,
+) -> None:
+    """Pseudo-masks from image tags: CAM -> refinement -> one PNG per image (0/255, native size). Streams
+    over the dataset and skips images already done, so an interrupted run resumes."""
+    from weakseg.config import CamConfig
+    from weakseg.data import build_dataset
+    from weakseg.models.classifier import load_classifier
+    from weakseg.pseudo import pseudo_label_dataset
+    from weakseg.runtime import configure_threads, pick_device
+
+    configure_threads()
+    device = pick_device()
+    model = load_classifier(classifier).to(device)
+    ds = build_dataset(dataset, root, split)
+    cam = CamConfig(scales=[float(v) for v in scales.split(",")], flip=flip, batch_size=batch_size)
+    report = pseudo_label_dataset(
+        ds,
+        model,
+        out,
+        method,
+        refine,
+        size,
+        cam=cam,
+        refine_at=refine_at,
+        soft=soft,
+        overlays=overlays,
+        workers=workers,
+        device=device,
+    )
+    console.print(f"wrote {report.written} masks, {report.skipped} already done: {out / 'masks'}")
+    console.print(
+        f"score them: weakseg evaluate --pred-dir {out / 'masks'} --dataset {dataset} --root {root} --split {split}"
+    )
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
@@ -181,6 +268,8 @@ def experiment_run(
     if seeds:
         extra.append(f"seeds=[{seeds}]")
     spec_obj = load_spec(spec, extra)
+    if seeds:  # the command-line seeds replace every part's own seed list too
+        spec_obj.parts = [part.model_copy(update={"seeds": None}) for part in spec_obj.parts]
     out = out or Path("runs") / spec_obj.name
     rows = run_experiment(spec_obj, data_root, out, only, publish_dir if publish else None)
     console.print((out / "results.md").read_text())
@@ -208,6 +297,36 @@ def bench_train_cmd(
     print(json.dumps(bench_train(split_data, OFFLINE_ENCODER, batch_size, epochs, repeats)))
 
 
+@bench_app.command("cam")
+def bench_cam_cmd(
+    data_root: DataRoot = Path("../shared/data"),
+    method: Annotated[str, typer.Option(help="CAM method.")] = "gradcam",
+    classifier: Annotated[Path | None, typer.Option(help="Classifier checkpoint (default: ImageNet body).")] = None,
+    encoder: Annotated[str, typer.Option(help="timm model when no checkpoint is given.")] = "tf_efficientnet_lite0",
+    images: Annotated[int, typer.Option(help="Number of pet images.")] = 256,
+    size: Annotated[int, typer.Option(help="Input size.")] = 160,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    repeats: Annotated[int, typer.Option(help="Alternating repeats (medians reported).")] = 3,
+) -> None:
+    """CAM throughput: weakseg vs pytorch-grad-cam vs a plain forward pass, same model, images and batch."""
+    from weakseg.bench import bench_cam
+    from weakseg.data import build_dataset
+    from weakseg.data.prepared import prepare
+    from weakseg.models.classifier import build_classifier, load_classifier
+
+    split_data = prepare(build_dataset("oxford_pet", data_root / "oxford-iiit-pet-subset", "trainval"), size)
+    count = min(images, len(split_data))
+    if classifier is not None:
+        model = load_classifier(classifier)
+    else:
+        import torch
+
+        torch.manual_seed(0)
+        model = build_classifier(encoder, len(split_data.tag_classes))
+    targets = [labels[0] for labels in split_data.labels[:count]]
+    print(json.dumps(bench_cam(model, split_data.images[:count], targets, method, batch_size, repeats)))
+
+
 @list_app.command("models")
 def list_models_cmd(pattern: Annotated[str, typer.Argument()] = "*") -> None:
     """Registered segmentation architectures."""
@@ -222,6 +341,14 @@ def list_datasets_cmd() -> None:
     from weakseg.data import list_datasets
 
     console.print("\n".join(list_datasets()))
+
+
+@list_app.command("cams")
+def list_cams_cmd() -> None:
+    """CAM methods."""
+    from weakseg.cams import list_cams
+
+    console.print("\n".join(list_cams()))
 
 
 @list_app.command("methods")

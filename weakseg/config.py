@@ -46,8 +46,34 @@ class BudgetConfig(Section):
 class MethodConfig(Section):
     name: str = "full"
     sources: list[str] = Field(default_factory=lambda: ["masks"])
-    refine: str | None = None
+    refine: str | list[Any] | None = None
+    segmenter: bool = Field(True, description="train a segmenter on the pseudo-labels (false: their quality only)")
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClassifierConfig(Section):
+    """The tag classifier that CAMs explain (``weakseg train-classifier`` and the CAM methods)."""
+
+    encoder: str = OFFLINE_ENCODER
+    weights: str | None = "imagenet"
+    epochs: int = Field(5, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    augment: list[str] = Field(default_factory=lambda: ["crop", "hflip"])
+    multilabel: bool | None = Field(None, description="None: multi-label when some image has several tags")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    drop_rate: float = Field(0.2, ge=0, lt=1)
+
+
+class CamConfig(Section):
+    """How class activation maps are extracted from the classifier."""
+
+    layers: list[str] | None = Field(None, description="module names of target layers; None: the last block")
+    scales: list[float] = Field(default_factory=lambda: [1.0], description="input scales, maps averaged")
+    flip: bool = Field(False, description="also average the map of the horizontally flipped image")
+    batch_size: int = Field(32, ge=1)
 
 
 class ModelConfig(Section):
@@ -80,7 +106,21 @@ class RunConfig(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    cam: CamConfig = Field(default_factory=CamConfig)
     seed: int = 0
+
+
+class PartSpec(Section):
+    """One block of rows in an experiment: overrides applied to the spec, a grid, and optionally own seeds."""
+
+    name: str = ""
+    set: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] | None = None
+
+
+SPEC_ONLY_KEYS = ("name", "description", "seeds", "grid", "parts")
 
 
 class ExperimentSpec(RunConfig):
@@ -88,10 +128,15 @@ class ExperimentSpec(RunConfig):
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0])
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    parts: list[PartSpec] = Field(default_factory=list)
 
     def run_config(self) -> RunConfig:
-        data = self.model_dump(exclude={"name", "description", "seeds", "grid"})
+        data = self.model_dump(exclude=set(SPEC_ONLY_KEYS))
         return RunConfig.model_validate(data)
+
+    def part_list(self) -> list[PartSpec]:
+        """The parts, or one part made of the top-level grid when the spec has none."""
+        return self.parts or [PartSpec(grid=self.grid)]
 
 
 SETTING_PATHS = {
@@ -104,6 +149,7 @@ SETTING_PATHS = {
     "coverage": "budget.coverage",
     "density": "budget.density",
     "epochs": "train.epochs",
+    "round": "method.options.round",
 }
 """Names of row settings in results, and the config value each one sets."""
 
@@ -159,7 +205,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     data = read_yaml(path) if path else {}
-    for key in ("name", "description", "seeds", "grid"):
+    for key in SPEC_ONLY_KEYS:
         data.pop(key, None)
     return _validate(RunConfig, apply_overrides(data, overrides or []), f"'{path}'" if path else "")
 

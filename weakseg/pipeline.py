@@ -30,15 +30,22 @@ class StageResult:
 
 @dataclass
 class RunContext:
-    """Everything a method needs: config, device, prepared splits, the budget selection, a directory."""
+    """Everything a method needs: config, device, prepared splits, the budget selection, directories.
+
+    ``train`` and ``val`` are the seeded partition of ``train_full`` (the whole training split).
+    ``shared_dir`` holds artefacts that several runs reuse (classifiers, CAMs, pseudo-labels), keyed by
+    what produced them.
+    """
 
     config: RunConfig
     out_dir: Path
     device: torch.device
+    train_full: PreparedSplit
     train: PreparedSplit
     val: PreparedSplit | None
     test: PreparedSplit
     selection: BudgetSelection
+    shared_dir: Path
     progress: bool = True
 
 
@@ -91,8 +98,10 @@ def run(
     data_root: str | Path = ".",
     progress: bool = True,
     splits: tuple[PreparedSplit, PreparedSplit] | None = None,
+    shared_dir: str | Path | None = None,
 ) -> list[StageResult]:
-    """Run one configuration with one seed; writes config, budget, checkpoints and metrics to ``out_dir``."""
+    """Run one configuration with one seed; writes config, budget, checkpoints and metrics to ``out_dir``
+    (reusable artefacts to ``shared_dir``, by default ``out_dir/shared``)."""
     list_methods()
     if config.method.name not in _METHODS:
         raise ConfigError(f"unknown method '{config.method.name}'; known: {', '.join(list_methods())}")
@@ -105,7 +114,18 @@ def run(
     b = config.budget
     selection = select(Budget(b.coverage, b.boxes, b.density, b.point_mode, config.seed), train.names)
     selection.save(out_dir / "budget.json")
-    context = RunContext(config, out_dir, pick_device(config.train.device), train, val, test, selection, progress)
+    context = RunContext(
+        config=config,
+        out_dir=out_dir,
+        device=pick_device(config.train.device),
+        train_full=train_full,
+        train=train,
+        val=val,
+        test=test,
+        selection=selection,
+        shared_dir=Path(shared_dir) if shared_dir is not None else out_dir / "shared",
+        progress=progress,
+    )
     results = _METHODS[config.method.name](context)
     write_json(out_dir / "metrics.json", [r.__dict__ for r in results])
     return results

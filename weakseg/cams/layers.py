@@ -13,6 +13,8 @@ def default_target_layers(model: nn.Module) -> list[nn.Module]:
     with ``forward_features``: the outermost module whose output is exactly the ``forward_features`` output
     (found with one small probe forward in eval mode). Pass ``target_layers`` explicitly to override.
     """
+    if callable(getattr(model, "target_layers", None)):  # wrappers such as weakseg's Classifier know theirs
+        return list(model.target_layers())
     layer4 = getattr(model, "layer4", None)
     if isinstance(layer4, nn.Sequential) and len(layer4) > 0:
         return [layer4[-1]]

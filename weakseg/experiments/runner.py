@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,30 @@ from weakseg.pipeline import load_splits, run
 console = Console(stderr=True)
 
 
-def expand_rows(spec: ExperimentSpec) -> list[tuple[dict[str, Any], RunConfig]]:
-    """One (setting, config) per combination of the grid's values; the setting always names the method."""
-    keys = list(spec.grid)
+@dataclass
+class Row:
+    """One row of an experiment: the knobs that vary (``setting``), the resolved config, its seeds."""
+
+    setting: dict[str, Any]
+    config: RunConfig
+    seeds: list[int]
+
+
+def expand_rows(spec: ExperimentSpec) -> list[Row]:
+    """One row per combination of each part's grid values; the setting always names the method and holds the
+    part's fixed overrides that are row settings (``refine``, ``arch``...)."""
     base = spec.run_config().model_dump()
     rows = []
-    for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
-        grid_setting = dict(zip(keys, values, strict=True))
-        data = apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in grid_setting.items()])
-        config = RunConfig.model_validate(data)
-        setting = {"method": config.method.name, **grid_setting}
-        rows.append((setting, config))
+    for part in spec.part_list():
+        fixed = {k: v for k, v in part.set.items() if k in SETTING_PATHS}
+        part_base = apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in part.set.items()])
+        keys = list(part.grid)
+        for values in itertools.product(*(part.grid[k] for k in keys)) if keys else [()]:
+            grid_setting = dict(zip(keys, values, strict=True))
+            data = apply_overrides(part_base, [f"{k}={json.dumps(v)}" for k, v in grid_setting.items()])
+            config = RunConfig.model_validate(data)
+            setting = {"method": config.method.name, **fixed, **grid_setting}
+            rows.append(Row(setting, config, list(part.seeds if part.seeds is not None else spec.seeds)))
     return rows
 
 
@@ -76,17 +90,19 @@ def run_experiment(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))
     filters = parse_only(only or [])
-    unknown = [k for k in filters if k != "stage" and k not in SETTING_PATHS and k not in spec.grid]
+    grid_keys = {k for part in spec.part_list() for k in part.grid}
+    unknown = [k for k in filters if k != "stage" and k not in SETTING_PATHS and k not in grid_keys]
     if unknown:
         raise ConfigError(f"--only key(s) {unknown} are not row settings ({', '.join(SETTING_PATHS)}, stage)")
     row_filters = {k: v for k, v in filters.items() if k != "stage"}
     rows = expand_rows(spec)
-    selected = [(s, c) for s, c in rows if matches(s, row_filters)]
+    selected = [row for row in rows if matches(row.setting, row_filters)]
     if not selected:
         raise ConfigError(f"no row matches --only {only}")
     splits_cache: dict[str, Any] = {}
-    for number, (setting, config) in enumerate(selected, 1):
-        for seed in spec.seeds:
+    for number, row in enumerate(selected, 1):
+        setting, config = row.setting, row.config
+        for seed in row.seeds:
             run_dir = out_dir / row_id(setting) / f"seed{seed}"
             if (run_dir / "metrics.json").is_file():
                 continue
@@ -96,7 +112,7 @@ def run_experiment(
                 splits_cache[key] = load_splits(config, data_root, progress)
             started = time.perf_counter()
             seeded = config.model_copy(update={"seed": seed})
-            results = run(seeded, run_dir, data_root, progress, splits=splits_cache[key])
+            results = run(seeded, run_dir, data_root, progress, splits=splits_cache[key], shared_dir=out_dir / "shared")
             console.print(
                 f"  done in {time.perf_counter() - started:.0f} s: "
                 + ", ".join(f"{r.stage} iou {r.metrics.get('iou', float('nan')):.3f}" for r in results)
@@ -107,16 +123,17 @@ def run_experiment(
 def collect(
     spec: ExperimentSpec,
     out_dir: Path,
-    rows: list[tuple[dict[str, Any], RunConfig]],
+    rows: list[Row],
     stages: list[str] | None,
     publish_dir: Path | None,
 ) -> list[dict[str, Any]]:
     """Aggregate the finished seeds of every row (and stage) into the results files."""
     table = []
-    for setting, _ in rows:
+    for row in rows:
+        setting = row.setting
         per_stage: dict[str, list[dict[str, Any]]] = {}
         extras: dict[str, dict[str, Any]] = {}
-        for seed in spec.seeds:
+        for seed in row.seeds:
             path = out_dir / row_id(setting) / f"seed{seed}" / "metrics.json"
             if not path.is_file():
                 continue

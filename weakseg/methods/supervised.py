@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from weakseg.data.prepared import PreparedSplit
 from weakseg.evaluate import evaluate_model
 from weakseg.models import build_model
 from weakseg.pipeline import RunContext, StageResult, register_method
@@ -9,8 +10,11 @@ from weakseg.runtime import seed_everything
 from weakseg.train import fit
 
 
-def train_and_test(ctx: RunContext, train_split, run_key: dict) -> StageResult:
-    """Build the configured model, fit it on ``train_split`` and score it on the test split."""
+def train_and_test(
+    ctx: RunContext, train_split: PreparedSplit, run_key: dict, val_split: PreparedSplit | None = None
+) -> StageResult:
+    """Build the configured model, fit it on ``train_split`` (validating on ``val_split``, by default the
+    run's validation split) and score it on the test split."""
     m, t = ctx.config.model, ctx.config.train
     seed_everything(ctx.config.seed)  # the decoder's random initialisation depends on the seed too
     model = build_model(m.arch, m.encoder, len(ctx.train.mask_classes), m.weights, m.mode)
@@ -19,7 +23,8 @@ def train_and_test(ctx: RunContext, train_split, run_key: dict) -> StageResult:
         "fit": ctx.config.dataset.fit,
         "mask_classes": ctx.train.mask_classes,
     }
-    result = fit(model, train_split, ctx.val, t, ctx.out_dir, ctx.device, ctx.config.seed, run_key=run_key, meta=meta)
+    val = ctx.val if val_split is None else val_split
+    result = fit(model, train_split, val, t, ctx.out_dir, ctx.device, ctx.config.seed, run_key=run_key, meta=meta)
     metrics = evaluate_model(
         model, ctx.test, ctx.device, t.eval_batch_size, tta=t.tta, amp=t.amp, progress=ctx.progress
     )

@@ -1,0 +1,125 @@
+"""From image tags to a segmenter: classifier -> CAM -> refinement -> pseudo-labels -> segmenter.
+
+Registered once per CAM method (``method: gradcam``, ``method: cam``, ...). Every artefact is stored in the
+run's shared directory under a key of what produced it, so rows that differ only in refinement reuse the
+classifier and the maps, and rows that differ only in the segmenter reuse the pseudo-labels.
+
+Stages: ``pseudo`` scores the pseudo-labels on the whole training split against its ground truth (which is
+used for nothing else); ``final`` scores the segmenter trained on them (validated on pseudo-labels too) on
+the test split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from weakseg.cams import list_cams
+from weakseg.classify import is_multilabel, train_classifier
+from weakseg.data.prepared import PreparedSplit
+from weakseg.errors import ConfigError
+from weakseg.io import write_png
+from weakseg.methods.supervised import train_and_test
+from weakseg.metrics import ConfusionMatrix
+from weakseg.models.classifier import Classifier, build_classifier
+from weakseg.pipeline import RunContext, StageResult, register_method
+from weakseg.refine import Refiner, parse_pipeline
+from weakseg.sources.cam import cam_maps, to_uint8
+from weakseg.sources.store import ArtifactStore, digest
+from weakseg.visualize import heatmap, overlay, panel
+
+
+def classifier_ident(ctx: RunContext) -> dict:
+    split = ctx.train_full
+    return {
+        "classifier": ctx.config.classifier.model_dump(),
+        "dataset": ctx.config.dataset.model_dump(exclude={"val_fraction"}),
+        "seed": ctx.config.seed,
+        "names": digest(split.names),
+    }
+
+
+def tag_classifier(ctx: RunContext) -> tuple[Classifier, float]:
+    """The classifier trained on every training image's tags (trained once per setup and seed); its
+    accuracy on the test split's tags."""
+    cfg, split = ctx.config.classifier, ctx.train_full
+    if not split.tag_classes:
+        raise ConfigError(f"dataset '{ctx.config.dataset.name}' has no image tags to train a classifier on")
+    model = build_classifier(
+        cfg.encoder, len(split.tag_classes), cfg.weights, is_multilabel(split, cfg), drop_rate=cfg.drop_rate
+    )
+    path = ArtifactStore(ctx.shared_dir).path("classifier", classifier_ident(ctx))
+    result = train_classifier(
+        model, split, cfg, path, ctx.device, ctx.config.seed, evaluation=ctx.test, progress=ctx.progress
+    )
+    return model.eval(), result.accuracy
+
+
+def pseudo_labels(ctx: RunContext, method: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(soft maps uint8, pseudo-masks uint8 0/1, info) for every image of the training split."""
+    store = ArtifactStore(ctx.shared_dir)
+    split = ctx.train_full
+    cam_ident = {"classifier": classifier_ident(ctx), "method": method, "cam": ctx.config.cam.model_dump()}
+    info: dict = {}
+
+    def compute_maps() -> torch.Tensor:
+        model, info["classifier_accuracy"] = tag_classifier(ctx)
+        return to_uint8(cam_maps(model, split.images, split.labels, method, ctx.config.cam, ctx.device, ctx.progress))
+
+    soft = store.tensor("cams", cam_ident, compute_maps, notes=info)
+    info["classifier_accuracy"] = store.info("cams", cam_ident).get("classifier_accuracy", float("nan"))
+    pipeline = parse_pipeline(ctx.config.method.refine)
+    refine_ident = {"maps": cam_ident, "refine": str(pipeline)}
+
+    def refine() -> torch.Tensor:
+        images = list(split.images.permute(0, 2, 3, 1).contiguous().numpy())
+        softs = list(soft.float().div(255).numpy())
+        with Refiner(pipeline) as refiner:
+            return torch.from_numpy(np.stack(refiner.map(images, softs))).to(torch.uint8)
+
+    masks = store.tensor("pseudo", refine_ident, refine)
+    seconds = store.info("pseudo", refine_ident).get("seconds")
+    info["refine_images_per_s"] = len(split) / seconds if seconds else float("nan")
+    return soft, masks, info
+
+
+def save_examples(path, split: PreparedSplit, soft: torch.Tensor, masks: torch.Tensor, count: int = 6) -> None:
+    """A picture: per row image | CAM heatmap | pseudo-mask | ground truth, for the first ``count`` images."""
+    rows = []
+    for i in range(min(count, len(split))):
+        image = split.images[i].permute(1, 2, 0).numpy()
+        cells = [image, heatmap(image, soft[i].float().numpy() / 255), overlay(image, masks[i].numpy())]
+        if split.masks is not None:
+            cells.append(overlay(image, split.masks[i].numpy()))
+        rows.append(panel(cells, height=160))
+    if rows:
+        write_png(path, np.concatenate(rows, axis=0))
+
+
+def tags_to_segmenter(ctx: RunContext) -> list[StageResult]:
+    method = ctx.config.method.name
+    if len(ctx.train_full.mask_classes) != 2:
+        raise ConfigError("pseudo-labels from tags are foreground/background: the dataset needs 2 mask classes")
+    soft, masks, info = pseudo_labels(ctx, method)
+    save_examples(ctx.out_dir / "pseudo_examples.png", ctx.train_full, soft, masks)
+    results = []
+    if ctx.train_full.masks is not None:
+        cm = ConfusionMatrix(2)
+        cm.update(masks, ctx.train_full.masks)
+        results.append(StageResult("pseudo", {**cm.compute(), **info}))
+    if ctx.config.method.segmenter:
+        index = {n: i for i, n in enumerate(ctx.train_full.names)}
+
+        def with_pseudo(split: PreparedSplit) -> PreparedSplit:
+            return split.with_masks(masks[[index[n] for n in split.names]])
+
+        val = with_pseudo(ctx.val) if ctx.val is not None else None
+        key = {"pseudo": digest({"method": method, "refine": str(parse_pipeline(ctx.config.method.refine))})}
+        final = train_and_test(ctx, with_pseudo(ctx.train), key, val_split=val)
+        final.metrics["classifier_accuracy"] = info["classifier_accuracy"]
+        results.append(final)
+    return results
+
+
+for _name in list_cams():
+    register_method(_name)(tags_to_segmenter)

@@ -1,0 +1,117 @@
+"""Image classifiers for tags (the source of class activation maps): a timm backbone with normalisation inside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from weakseg.errors import ConfigError, WeightsUnavailableError
+from weakseg.models.encoders import (
+    BUNDLED,
+    OFFLINE_ENCODER,
+    create_timm_pretrained,
+    full_timm_state_dict,
+    load_weights_file,
+    normalization,
+)
+
+
+class Classifier(nn.Module):
+    """A timm classifier taking RGB in [0, 1]. ``forward_features`` / ``forward_head`` are the timm model's,
+    so CAM methods take their fast head-only gradient path; ``spec`` rebuilds the model from a checkpoint."""
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], spec: dict[str, Any]):
+        super().__init__()
+        self.net = net
+        self.spec = dict(spec)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.spec["classes"])
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.spec.get("multilabel", False))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features((images - self.mean) / self.std)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def get_classifier(self) -> nn.Module:
+        return self.net.get_classifier()
+
+    @property
+    def global_pool(self) -> nn.Module | None:
+        return getattr(self.net, "global_pool", None)
+
+    def target_layers(self) -> list[nn.Module]:
+        """The last feature block ("layer4"-style), the default layer for CAMs."""
+        from weakseg.cams.layers import default_target_layers
+
+        return default_target_layers(self.net)
+
+
+def build_classifier(
+    encoder: str = OFFLINE_ENCODER,
+    classes: int = 2,
+    weights: str | None = "imagenet",
+    multilabel: bool = False,
+    drop_rate: float = 0.2,
+) -> Classifier:
+    """A timm classifier with a fresh ``classes``-way head. ``weights``: ``imagenet`` (bundled offline for
+    EfficientNet-Lite0..2, from the hub otherwise), ``none``, or a path to a backbone state dict."""
+    import timm
+
+    if classes < 1:
+        raise ConfigError("a classifier needs at least one class")
+    weights = None if weights in (None, "none", "None", "") else weights
+
+    def make(pretrained: bool) -> nn.Module:
+        try:
+            return timm.create_model(encoder, pretrained=pretrained, num_classes=classes, drop_rate=drop_rate)
+        except RuntimeError as err:
+            if "Unknown model" in str(err) or "Invalid model" in str(err):
+                raise ConfigError(f"unknown timm model '{encoder}'") from err
+            raise
+
+    if weights == "imagenet" and encoder not in BUNDLED:
+        net = create_timm_pretrained(lambda: make(True), encoder)
+    else:
+        net = make(False)
+        if weights == "imagenet":
+            state = {k: v for k, v in full_timm_state_dict(encoder).items() if not k.startswith("classifier.")}
+            missing = net.load_state_dict(state, strict=False).missing_keys
+            if any(not k.startswith("classifier.") for k in missing):
+                raise WeightsUnavailableError(f"bundled '{encoder}' weights lack {missing[:3]}")
+        elif weights is not None:
+            load_weights_file(net, weights)
+    head = net.get_classifier()
+    if isinstance(head, nn.Linear):  # timm's EfficientNet head init (range 1/sqrt(classes)) is far too wide
+        nn.init.normal_(head.weight, std=0.01)  # for a few classes: start near uniform predictions
+        nn.init.zeros_(head.bias)
+    mean, std = normalization(encoder)
+    spec = {"encoder": encoder, "classes": classes, "multilabel": multilabel, "drop_rate": drop_rate}
+    return Classifier(net, mean, std, spec)
+
+
+def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
+    """Rebuild a classifier from a checkpoint written by :func:`weakseg.classify.train_classifier`."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"classifier checkpoint not found: '{path}'")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or "classifier_spec" not in state:
+        raise WeightsUnavailableError(f"'{path}' is not a weakseg classifier checkpoint (no classifier_spec)")
+    model = build_classifier(**state["classifier_spec"], weights=None)
+    model.load_state_dict(state["model"])
+    return model

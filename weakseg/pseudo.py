@@ -1,0 +1,99 @@
+"""``weakseg pseudo-label``: CAM -> refinement -> one PNG mask per image, streamed over a dataset in chunks
+(memory does not grow with the dataset) and resumable (images whose mask exists are skipped)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from weakseg.config import CamConfig
+from weakseg.data.base import SegmentationDataset
+from weakseg.data.transforms import Geometry, fit_sample
+from weakseg.errors import ConfigError
+from weakseg.io import write_png
+from weakseg.models.classifier import Classifier
+from weakseg.refine import Refiner, parse_pipeline
+from weakseg.sources.cam import cam_maps
+from weakseg.visualize import heatmap, overlay, panel
+
+REFINE_AT = ("input", "native")
+
+
+@dataclass
+class PseudoLabelReport:
+    written: int
+    skipped: int
+    out_dir: Path
+
+
+def _to_native(values: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A (S, S) float map at model resolution, bilinearly resized onto the native image grid."""
+    return geometry.to_native(torch.from_numpy(values)[None].float())[0].numpy()
+
+
+def pseudo_label_dataset(
+    dataset: SegmentationDataset,
+    classifier: Classifier,
+    out_dir: str | Path,
+    method: str = "gradcam",
+    refine: str | list | None = "otsu",
+    size: int = 160,
+    fit: str = "resize",
+    cam: CamConfig | None = None,
+    refine_at: str = "input",
+    soft: bool = True,
+    overlays: bool = False,
+    workers: int | None = None,
+    chunk: int = 64,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> PseudoLabelReport:
+    """Write ``masks/<name>.png`` (0 background, 255 foreground, native size) for every image of ``dataset``,
+    plus ``soft/<name>.png`` (the CAM as 0-255) and ``overlays/<name>.jpg`` when asked.
+
+    The CAM is computed at ``size``; refinement runs on the model-size image (``refine_at='input'``, fast)
+    or on the native image with the map resized onto it (``'native'``, sharper edges, slower).
+    """
+    if refine_at not in REFINE_AT:
+        raise ConfigError(f"refine_at must be one of {REFINE_AT}, not '{refine_at}'")
+    out_dir = Path(out_dir)
+    pipeline = parse_pipeline(refine)
+    mask_dir = out_dir / "masks"
+    todo = [n for n in dataset.names if not (mask_dir / f"{n}.png").is_file()]
+    skipped = len(dataset.names) - len(todo)
+    classifier.eval()
+    device = device or next(classifier.parameters()).device
+    with (
+        Refiner(pipeline, workers) as refiner,
+        ThreadPoolExecutor(max_workers=2) as readers,
+        Progress(disable=not progress, transient=False) as bar,
+    ):
+        task = bar.add_task("pseudo-labels", total=len(dataset.names), completed=skipped)
+        for start in range(0, len(todo), chunk):
+            names = todo[start : start + chunk]
+            samples = list(readers.map(dataset.load, names))
+            fitted = [fit_sample(s, size, fit) for s in samples]
+            images = torch.stack([torch.from_numpy(f.image).permute(2, 0, 1) for f, _ in fitted])
+            maps = cam_maps(classifier, images, [s.labels for s in samples], method, cam, device).numpy()
+            if refine_at == "input":
+                refined = refiner.map([f.image for f, _ in fitted], list(maps))
+                masks = [_to_native(m.astype(np.float32), g) >= 0.5 for m, (_, g) in zip(refined, fitted, strict=True)]
+                natives = [np.clip(_to_native(m, g), 0, 1) for m, (_, g) in zip(maps, fitted, strict=True)]
+            else:
+                natives = [np.clip(_to_native(m, g), 0, 1) for m, (_, g) in zip(maps, fitted, strict=True)]
+                masks = [m > 0 for m in refiner.map([s.image for s in samples], natives)]
+            for sample, mask, native in zip(samples, masks, natives, strict=True):
+                mask = mask.astype(np.uint8)
+                if soft:
+                    write_png(out_dir / "soft" / f"{sample.name}.png", (np.clip(native, 0, 1) * 255).astype(np.uint8))
+                if overlays:
+                    picture = panel([heatmap(sample.image, native), overlay(sample.image, mask)], height=256)
+                    write_png(out_dir / "overlays" / f"{sample.name}.jpg", picture)
+                write_png(mask_dir / f"{sample.name}.png", mask * 255)  # last: its presence marks the image done
+            bar.advance(task, len(names))
+    return PseudoLabelReport(len(todo), skipped, out_dir)

@@ -1,0 +1,1 @@
+"""Supervision sources: what each kind of cheap label turns into for training (CAMs, boxes, points...)."""
