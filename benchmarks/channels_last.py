@@ -1,6 +1,6 @@
 """Forward + backward + Adam step of an smp U-Net (EfficientNet-Lite0), default vs channels-last memory format.
 
-    python benchmarks/channels_last.py
+python benchmarks/channels_last.py
 """
 
 import time

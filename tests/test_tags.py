@@ -184,3 +184,13 @@ def test_cli_train_classifier_pseudo_label_and_evaluate(tmp_path, demo_root):
     result = runner.invoke(app, [*args, "--json", str(scores)])
     assert result.exit_code == 0, result.output
     assert 0 <= json.loads(scores.read_text())["iou"] <= 1
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_bench_cam_times_all_three_and_maps_agree_with_grad_cam(trained, tagged, method):
+    from weakseg.bench import bench_cam
+
+    model, _, _ = trained
+    result = bench_cam(model, tagged.images[:8], [t[0] for t in tagged.labels[:8]], method, batch_size=4, repeats=1)
+    assert {"method", "weakseg_img_s", "gradcam_img_s", "forward_img_s", "max_abs_diff"} <= set(result)
+    assert result["max_abs_diff"] < 1e-4 and min(result["weakseg_img_s"], result["forward_img_s"]) > 0

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
@@ -174,3 +176,15 @@ def bench_cam(
         "batch_size": batch_size,
         "runs": {k: [round(s, 2) for s in v] for k, v in speeds.items()},
     }
+
+
+def pseudo_cam(image: np.ndarray) -> np.ndarray:
+    """Deterministic coarse stand-in for a CAM (timing only): centred Gaussian x saturation, 1/16 resolution."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    blob = np.exp(-(((yy - h / 2) / (0.3 * h)) ** 2 + ((xx - w / 2) / (0.3 * w)) ** 2) / 2)
+    saturation = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[:, :, 1].astype(np.float32) / 255
+    cam = blob * (0.4 + 0.6 * saturation)
+    coarse = cv2.resize(cam, (max(1, w // 16), max(1, h // 16)), interpolation=cv2.INTER_AREA)
+    cam = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+    return ((cam - cam.min()) / max(float(cam.max() - cam.min()), 1e-6)).astype(np.float32)

@@ -88,19 +88,13 @@ def evaluate(
     if pred_dir is not None:
         metrics = evaluate_mask_folder(pred_dir, ds)
     else:
-        import torch
-
         from weakseg.data.prepared import prepare
-        from weakseg.models import load_model
+        from weakseg.models import checkpoint_meta, load_model
         from weakseg.runtime import configure_threads, pick_device
 
         configure_threads()
         device = pick_device()
-        meta = (
-            torch.load(checkpoint, map_location="cpu", weights_only=False).get("meta", {})
-            if checkpoint.is_file()
-            else {}
-        )
+        meta = checkpoint_meta(checkpoint)
         model = load_model(checkpoint).to(device)
         prepared = prepare(ds, meta.get("size", 160), meta.get("fit", "resize"), keep_native=True)
         metrics = evaluate_model(model, prepared, device, progress=True)
@@ -117,17 +111,13 @@ def predict(
     overlays: Annotated[bool, typer.Option(help="Also write overlay pictures.")] = True,
 ) -> None:
     """Predict masks (PNG, class indices at native resolution) and overlay pictures for images."""
-    import torch
-
-    from weakseg.models import load_model
+    from weakseg.models import checkpoint_meta, load_model
     from weakseg.predict import collect_inputs, predict_files
     from weakseg.runtime import configure_threads, pick_device
 
     configure_threads()
     files = collect_inputs(inputs)
-    meta = (
-        torch.load(checkpoint, map_location="cpu", weights_only=False).get("meta", {}) if checkpoint.is_file() else {}
-    )
+    meta = checkpoint_meta(checkpoint)
     model = load_model(checkpoint).to(pick_device())
     written = predict_files(model, files, out, meta.get("size", 160), meta.get("fit", "resize"), overlays=overlays)
     console.print(f"wrote {len(written)} masks to {out}")
@@ -325,6 +315,37 @@ def bench_cam_cmd(
         model = build_classifier(encoder, len(split_data.tag_classes))
     targets = [labels[0] for labels in split_data.labels[:count]]
     print(json.dumps(bench_cam(model, split_data.images[:count], targets, method, batch_size, repeats)))
+
+
+@bench_app.command("refine")
+def bench_refine_cmd(
+    data_root: DataRoot = Path("../shared/data"),
+    pipeline: Annotated[str, typer.Option(help="Refinement pipeline.")] = "otsu | grabcut:iters=5",
+    classifier: Annotated[
+        Path | None, typer.Option(help="Classifier for real Grad-CAM maps (else a stand-in).")
+    ] = None,
+    images: Annotated[int, typer.Option(help="Number of pet images.")] = 300,
+    size: Annotated[int, typer.Option(help="Image size.")] = 160,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Refinement throughput in one process vs a worker pool, on the same pet images and maps."""
+    from weakseg.bench import pseudo_cam
+    from weakseg.data import build_dataset
+    from weakseg.data.prepared import prepare
+    from weakseg.refine import bench_refine
+
+    split_data = prepare(build_dataset("oxford_pet", data_root / "oxford-iiit-pet-subset", "trainval"), size)
+    count = min(images, len(split_data))
+    pictures = list(split_data.images[:count].permute(0, 2, 3, 1).contiguous().numpy())
+    if classifier is not None:
+        from weakseg.models.classifier import load_classifier
+        from weakseg.sources.cam import cam_maps
+
+        maps = cam_maps(load_classifier(classifier), split_data.images[:count], split_data.labels[:count])
+        softs, kind = list(maps.numpy()), "gradcam"
+    else:
+        softs, kind = [pseudo_cam(p) for p in pictures], "stand-in"
+    print(json.dumps({**bench_refine(pipeline, pictures, softs, workers), "size": size, "maps": kind}))
 
 
 @list_app.command("models")

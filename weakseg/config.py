@@ -48,6 +48,9 @@ class MethodConfig(Section):
     sources: list[str] = Field(default_factory=lambda: ["masks"])
     refine: str | list[Any] | None = None
     segmenter: bool = Field(True, description="train a segmenter on the pseudo-labels (false: their quality only)")
+    refine_size: int | None = Field(
+        None, description="image size the refinement runs at (more detail for GrabCut/CRF); None: dataset.size"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -81,6 +84,7 @@ class ModelConfig(Section):
     encoder: str = OFFLINE_ENCODER
     weights: str | None = "imagenet"
     mode: str = "multiclass"
+    options: dict[str, Any] = Field(default_factory=dict, description="extra smp arguments (encoder_output_stride)")
 
 
 class TrainConfig(Section):

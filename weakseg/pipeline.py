@@ -12,6 +12,7 @@ import torch
 from weakseg.budget import Budget, BudgetSelection, choose_subset, select
 from weakseg.config import RunConfig
 from weakseg.data import build_dataset
+from weakseg.data.base import SegmentationDataset
 from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
 from weakseg.io import write_json
@@ -46,6 +47,7 @@ class RunContext:
     test: PreparedSplit
     selection: BudgetSelection
     shared_dir: Path
+    data_root: Path = Path(".")
     progress: bool = True
 
 
@@ -69,13 +71,18 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def load_dataset(config: RunConfig, data_root: str | Path, split: str) -> SegmentationDataset:
+    """The configured dataset's ``split`` (downloaded first when the config asks and it is missing)."""
+    ds = config.dataset
+    options = {**ds.options, "download": True} if ds.download else ds.options
+    return build_dataset(ds.name, Path(data_root) / ds.root, split, **options)
+
+
 def load_splits(config: RunConfig, data_root: str | Path, progress: bool = True) -> tuple[PreparedSplit, PreparedSplit]:
     """The prepared training split and the test split (the latter with native-resolution ground truth)."""
     ds = config.dataset
-    root = Path(data_root) / ds.root
-    options = {**ds.options, "download": True} if ds.download else ds.options
-    train = build_dataset(ds.name, root, ds.train_split, **options)
-    test = build_dataset(ds.name, root, ds.test_split, **ds.options)
+    train = load_dataset(config, data_root, ds.train_split)
+    test = load_dataset(config, data_root, ds.test_split)
     return (
         prepare(train, ds.size, ds.fit, progress=progress),
         prepare(test, ds.size, ds.fit, keep_native=True, progress=progress),
@@ -124,6 +131,7 @@ def run(
         test=test,
         selection=selection,
         shared_dir=Path(shared_dir) if shared_dir is not None else out_dir / "shared",
+        data_root=Path(data_root),
         progress=progress,
     )
     results = _METHODS[config.method.name](context)

@@ -17,7 +17,7 @@ def train_and_test(
     run's validation split) and score it on the test split."""
     m, t = ctx.config.model, ctx.config.train
     seed_everything(ctx.config.seed)  # the decoder's random initialisation depends on the seed too
-    model = build_model(m.arch, m.encoder, len(ctx.train.mask_classes), m.weights, m.mode)
+    model = build_model(m.arch, m.encoder, len(ctx.train.mask_classes), m.weights, m.mode, **m.options)
     meta = {
         "size": ctx.config.dataset.size,
         "fit": ctx.config.dataset.fit,

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from weakseg.cams import list_cams
 from weakseg.classify import is_multilabel, train_classifier
-from weakseg.data.prepared import PreparedSplit
+from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
 from weakseg.io import write_png
 from weakseg.methods.supervised import train_and_test
 from weakseg.metrics import ConfusionMatrix
 from weakseg.models.classifier import Classifier, build_classifier
-from weakseg.pipeline import RunContext, StageResult, register_method
-from weakseg.refine import Refiner, parse_pipeline
+from weakseg.pipeline import RunContext, StageResult, load_dataset, register_method
+from weakseg.refine import RefinePipeline, Refiner, parse_pipeline
 from weakseg.sources.cam import cam_maps, to_uint8
 from weakseg.sources.store import ArtifactStore, digest
 from weakseg.visualize import heatmap, overlay, panel
@@ -69,18 +70,36 @@ def pseudo_labels(ctx: RunContext, method: str) -> tuple[torch.Tensor, torch.Ten
     soft = store.tensor("cams", cam_ident, compute_maps, notes=info)
     info["classifier_accuracy"] = store.info("cams", cam_ident).get("classifier_accuracy", float("nan"))
     pipeline = parse_pipeline(ctx.config.method.refine)
-    refine_ident = {"maps": cam_ident, "refine": str(pipeline)}
+    refine_ident = {"maps": cam_ident, "refine": str(pipeline), "size": ctx.config.method.refine_size}
 
     def refine() -> torch.Tensor:
-        images = list(split.images.permute(0, 2, 3, 1).contiguous().numpy())
-        softs = list(soft.float().div(255).numpy())
-        with Refiner(pipeline) as refiner:
-            return torch.from_numpy(np.stack(refiner.map(images, softs))).to(torch.uint8)
+        return refine_split(ctx, split, soft, pipeline)
 
     masks = store.tensor("pseudo", refine_ident, refine)
     seconds = store.info("pseudo", refine_ident).get("seconds")
     info["refine_images_per_s"] = len(split) / seconds if seconds else float("nan")
     return soft, masks, info
+
+
+def refine_split(ctx: RunContext, split: PreparedSplit, soft: torch.Tensor, pipeline: RefinePipeline) -> torch.Tensor:
+    """Pseudo-masks (N, S, S) uint8 from the soft maps, refined in a process pool; at ``method.refine_size``
+    the images are prepared again at that size, the maps upsampled to it and the masks brought back to S."""
+    size = ctx.config.method.refine_size or split.size
+    maps = soft.float().div(255)
+    if size != split.size:
+        dataset = load_dataset(ctx.config, ctx.data_root, ctx.config.dataset.train_split)
+        images = prepare(dataset, size, ctx.config.dataset.fit, progress=ctx.progress).images
+        if len(images) != len(split):
+            raise ConfigError("the training split changed on disk while pseudo-labelling it")
+        maps = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    else:
+        images = split.images
+    with Refiner(pipeline, None if pipeline.is_cpu_heavy else 1) as refiner:  # a pool pays for GrabCut/CRF only
+        masks = refiner.map(list(images.permute(0, 2, 3, 1).contiguous().numpy()), list(maps.numpy()))
+    masks = torch.from_numpy(np.stack(masks)).float()
+    if size != split.size:  # back to the model size, smoothly (bilinear, then >= 0.5)
+        masks = F.interpolate(masks[:, None], size=(split.size, split.size), mode="bilinear", align_corners=False)[:, 0]
+    return (masks >= 0.5).to(torch.uint8)
 
 
 def save_examples(path, split: PreparedSplit, soft: torch.Tensor, masks: torch.Tensor, count: int = 6) -> None:

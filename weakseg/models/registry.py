@@ -98,3 +98,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
     model = build_model(**state["model_spec"], weights=None)
     model.load_state_dict(state["model"])
     return model
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint recorded about its inputs (``size``, ``fit``, ``mask_classes``), or {}."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state.get("meta", {}) if isinstance(state, dict) else {}
