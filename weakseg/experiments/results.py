@@ -32,7 +32,14 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float | int
 def _cell(stat: dict[str, float | int] | None) -> str:
     if not stat or not stat["n"]:
         return "–"
+    if stat["n"] == 1:  # one seed: no spread to report
+        return f"{stat['mean']:.3f}"
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def _escape(value: Any) -> str:
+    """A setting value as a Markdown table cell (``|`` in refinement pipelines escaped)."""
+    return str(value).replace("|", "\\|")
 
 
 def markdown_table(name: str, rows: list[dict[str, Any]]) -> str:
@@ -48,11 +55,12 @@ def markdown_table(name: str, rows: list[dict[str, Any]]) -> str:
         "|" + "---|" * (len(keys) + len(metrics) + 1),
     ]
     for row in rows:
-        setting = [str(row["setting"].get(k, "")) for k in keys]
+        setting = [_escape(row["setting"].get(k, "")) for k in keys]
         cells = [_cell(row["metrics"].get(m)) for m in metrics]
         n = max((s["n"] for s in row["metrics"].values()), default=0)
         lines.append("| " + " | ".join([*setting, *cells, str(n)]) + " |")
-    return "\n".join(lines) + "\n\nmean ± sample standard deviation over seeds; n = number of seeds.\n"
+    note = "mean ± sample standard deviation over seeds (the mean alone for one seed); n = number of seeds."
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def write_results(out_dir: Path, name: str, rows: list[dict[str, Any]], publish_dir: Path | None = None) -> None:

@@ -16,6 +16,7 @@ from weakseg.models.encoders import (
     full_timm_state_dict,
     load_weights_file,
     normalization,
+    read_checkpoint,
 )
 
 
@@ -106,12 +107,7 @@ def build_classifier(
 
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
     """Rebuild a classifier from a checkpoint written by :func:`weakseg.classify.train_classifier`."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsUnavailableError(f"classifier checkpoint not found: '{path}'")
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or "classifier_spec" not in state:
-        raise WeightsUnavailableError(f"'{path}' is not a weakseg classifier checkpoint (no classifier_spec)")
+    state = read_checkpoint(path, "classifier_spec", map_location)
     model = build_classifier(**state["classifier_spec"], weights=None)
     model.load_state_dict(state["model"])
     return model

@@ -135,3 +135,17 @@ def load_weights_file(module: nn.Module, path: str | Path) -> None:
     result = module.load_state_dict(state, strict=False)
     if len(result.missing_keys) == len(module.state_dict()):
         raise WeightsUnavailableError(f"no tensor in '{path}' matches the encoder")
+
+
+def read_checkpoint(path: str | Path, spec_key: str, map_location: str | torch.device = "cpu") -> dict:
+    """A weakseg checkpoint's contents; clear errors when the file is missing or holds no ``spec_key``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"checkpoint not found: '{path}'")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise WeightsUnavailableError(f"cannot read checkpoint '{path}': {err}") from err
+    if not isinstance(state, dict) or spec_key not in state:
+        raise WeightsUnavailableError(f"'{path}' is not the right kind of weakseg checkpoint (no {spec_key})")
+    return state

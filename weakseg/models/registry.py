@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from weakseg.errors import ConfigError, WeightsUnavailableError
+from weakseg.errors import ConfigError
 from weakseg.models.encoders import (
     BUNDLED,
     OFFLINE_ENCODER,
@@ -18,6 +18,7 @@ from weakseg.models.encoders import (
     load_bundled,
     load_weights_file,
     normalization,
+    read_checkpoint,
 )
 from weakseg.models.segmenter import Segmenter
 
@@ -89,12 +90,7 @@ def build_model(
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Segmenter:
     """Rebuild a model from a weakseg checkpoint (``best.pt`` / ``last.pt``) or exported model file."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsUnavailableError(f"checkpoint not found: '{path}'")
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or "model_spec" not in state:
-        raise WeightsUnavailableError(f"'{path}' is not a weakseg checkpoint (no model_spec)")
+    state = read_checkpoint(path, "model_spec", map_location)
     model = build_model(**state["model_spec"], weights=None)
     model.load_state_dict(state["model"])
     return model
