@@ -24,8 +24,28 @@ def weakseg(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
 def test_help_lists_the_commands():
     result = weakseg("--help")
     assert result.returncode == 0
-    for command in ("train", "evaluate", "predict", "demo", "experiment", "bench"):
+    for command in ("train", "evaluate", "predict", "demo", "experiment", "bench", "train-classifier", "pseudo-label"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("what", "expected"),
+    [
+        ("cams", "gradcam++"),
+        ("refine", "grabcut: iters, fg, bg"),
+        ("generators", "litemedsam"),
+        ("methods", "layercam"),
+    ],
+)
+def test_list_commands(what, expected):
+    result = weakseg("list", what)
+    assert result.returncode == 0 and expected in result.stdout.replace("\n", " ")
+
+
+def test_bad_refine_pipeline_is_one_line(tmp_path):
+    result = weakseg("train", "--set", "method.name=gradcam", "--set", "method.refine=otsu | grabcut:itres=3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "itres" in result.stderr
 
 
 def test_missing_dataset_is_one_line_naming_the_path(tmp_path):

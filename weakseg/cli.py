@@ -372,6 +372,22 @@ def list_cams_cmd() -> None:
     console.print("\n".join(list_cams()))
 
 
+@list_app.command("refine")
+def list_refine_cmd() -> None:
+    """Refinement steps for pipelines such as "otsu | grabcut:iters=5 | lcc", with their parameters."""
+    from weakseg.refine import get_op, list_ops
+
+    console.print("\n".join(f"{name}: {', '.join(get_op(name).param_names()) or '-'}" for name in list_ops()))
+
+
+@list_app.command("generators")
+def list_generators_cmd() -> None:
+    """Mask generators from box prompts."""
+    from weakseg.sources.sam import list_mask_generators
+
+    console.print("\n".join(list_mask_generators()))
+
+
 @list_app.command("methods")
 def list_methods_cmd() -> None:
     """Registered training methods."""

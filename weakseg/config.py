@@ -53,6 +53,17 @@ class MethodConfig(Section):
     )
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("refine")
+    @classmethod
+    def _refine(cls, v: str | list[Any] | None) -> str | list[Any] | None:
+        from weakseg.refine import parse_pipeline  # checked now, before any data is loaded or model trained
+
+        try:
+            parse_pipeline(v)
+        except ConfigError as err:
+            raise ValueError(str(err)) from err
+        return v
+
 
 class ClassifierConfig(Section):
     """The tag classifier that CAMs explain (``weakseg train-classifier`` and the CAM methods)."""
@@ -190,8 +201,10 @@ def _validate(cls: type[BaseModel], data: dict[str, Any], source: str) -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"invalid config {source}: {problems}") from err
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid config{' ' + source if source else ''}: {problems}") from err
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
