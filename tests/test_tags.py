@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -157,7 +158,7 @@ def test_pseudo_label_dataset_streams_resumes_and_scores(tmp_path, demo_root):
     )
     assert report.written == len(dataset) and report.skipped == 0
     for name in dataset.names:
-        mask = np.asarray(__import__("cv2").imread(str(out / "masks" / f"{name}.png"), 0))
+        mask = np.asarray(cv2.imread(str(out / "masks" / f"{name}.png"), 0))
         assert mask.shape == dataset.load(name).size and set(np.unique(mask)) <= {0, 255}
     assert len(list((out / "soft").glob("*.png"))) == len(dataset) and any((out / "overlays").glob("*.jpg"))
     (out / "masks" / f"{dataset.names[0]}.png").unlink()
@@ -194,3 +195,19 @@ def test_bench_cam_times_all_three_and_maps_agree_with_grad_cam(trained, tagged,
     result = bench_cam(model, tagged.images[:8], [t[0] for t in tagged.labels[:8]], method, batch_size=4, repeats=1)
     assert {"method", "weakseg_img_s", "gradcam_img_s", "forward_img_s", "max_abs_diff"} <= set(result)
     assert result["max_abs_diff"] < 1e-4 and min(result["weakseg_img_s"], result["forward_img_s"]) > 0
+
+
+def test_pseudo_labels_refined_at_native_resolution(tmp_path, demo_root):
+    dataset = build_dataset("oxford_pet", demo_root, "test")
+    names = dataset.names[:3]
+    dataset.names = names
+    model = build_classifier("tf_efficientnet_lite0", len(dataset.tag_classes)).eval()
+    out = tmp_path / "native"
+    pseudo_label_dataset(
+        dataset, model, out, "gradcam", "otsu | lcc", size=96, refine_at="native", workers=1, progress=False
+    )
+    for name in names:
+        mask = cv2.imread(str(out / "masks" / f"{name}.png"), 0)
+        assert mask.shape == dataset.load(name).size and set(np.unique(mask)) <= {0, 255}
+    with pytest.raises(Exception, match="refine_at"):
+        pseudo_label_dataset(dataset, model, out, refine_at="somewhere", progress=False)

@@ -80,12 +80,11 @@ def pseudo_label_dataset(
             fitted = [fit_sample(s, size, fit) for s in samples]
             images = torch.stack([torch.from_numpy(f.image).permute(2, 0, 1) for f, _ in fitted])
             maps = cam_maps(classifier, images, [s.labels for s in samples], method, cam, device).numpy()
-            if refine_at == "input":
+            natives = [np.clip(_to_native(m, g), 0, 1) for m, (_, g) in zip(maps, fitted, strict=True)]
+            if refine_at == "input":  # refine at model size, then bring the mask back smoothly
                 refined = refiner.map([f.image for f, _ in fitted], list(maps))
                 masks = [_to_native(m.astype(np.float32), g) >= 0.5 for m, (_, g) in zip(refined, fitted, strict=True)]
-                natives = [np.clip(_to_native(m, g), 0, 1) for m, (_, g) in zip(maps, fitted, strict=True)]
             else:
-                natives = [np.clip(_to_native(m, g), 0, 1) for m, (_, g) in zip(maps, fitted, strict=True)]
                 masks = [m > 0 for m in refiner.map([s.image for s in samples], natives)]
             for sample, mask, native in zip(samples, masks, natives, strict=True):
                 mask = mask.astype(np.uint8)
