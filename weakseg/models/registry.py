@@ -49,7 +49,7 @@ def build_model(
     mode: str = "multiclass",
     **kwargs: Any,
 ) -> Segmenter:
-    """Build a segmentation model with a timm encoder.
+    """Build a segmentation model with a timm encoder (``heads=[...]``: one head per supervision source).
 
     classes: number of mask classes (2 for foreground/background).
     mode:    ``multiclass`` (``classes`` logits, softmax) or ``binary`` (one logit, sigmoid; needs classes=2).
@@ -63,6 +63,7 @@ def build_model(
     if mode == "binary" and classes != 2:
         raise ConfigError("binary mode predicts one foreground logit: it needs classes=2")
     encoder = encoder.removeprefix("tu-")
+    heads, primary = kwargs.pop("heads", None), kwargs.pop("primary", None)
     factory = _MODELS[arch]
     out_channels = 1 if mode == "binary" else classes
     weights = None if weights in (None, "none", "None", "") else weights
@@ -85,7 +86,12 @@ def build_model(
             load_weights_file(net.encoder.model, weights)
     mean, std = normalization(encoder)
     spec = {"arch": arch, "encoder": encoder, "classes": classes, "mode": mode, **kwargs}
-    return Segmenter(net, mean, std, spec)
+    model = Segmenter(net, mean, std, spec)
+    if heads:  # one head per supervision source on the shared encoder-decoder
+        from weakseg.models.multihead import MultiHeadSegmenter
+
+        model = MultiHeadSegmenter(model, list(heads), primary)
+    return model
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Segmenter:
