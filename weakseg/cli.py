@@ -287,6 +287,14 @@ def bench_train_cmd(
     print(json.dumps(bench_train(split_data, OFFLINE_ENCODER, batch_size, epochs, repeats)))
 
 
+def _pet_trainval(data_root: Path, size: int):
+    """The Oxford-IIIT Pet subset's trainval images, prepared at ``size`` (the CAM and refinement benchmarks)."""
+    from weakseg.data import build_dataset
+    from weakseg.data.prepared import prepare
+
+    return prepare(build_dataset("oxford_pet", data_root / "oxford-iiit-pet-subset", "trainval"), size)
+
+
 @bench_app.command("cam")
 def bench_cam_cmd(
     data_root: DataRoot = Path("../shared/data"),
@@ -300,11 +308,9 @@ def bench_cam_cmd(
 ) -> None:
     """CAM throughput: weakseg vs pytorch-grad-cam vs a plain forward pass, same model, images and batch."""
     from weakseg.bench import bench_cam
-    from weakseg.data import build_dataset
-    from weakseg.data.prepared import prepare
     from weakseg.models.classifier import build_classifier, load_classifier
 
-    split_data = prepare(build_dataset("oxford_pet", data_root / "oxford-iiit-pet-subset", "trainval"), size)
+    split_data = _pet_trainval(data_root, size)
     count = min(images, len(split_data))
     if classifier is not None:
         model = load_classifier(classifier)
@@ -330,11 +336,9 @@ def bench_refine_cmd(
 ) -> None:
     """Refinement throughput in one process vs a worker pool, on the same pet images and maps."""
     from weakseg.bench import pseudo_cam
-    from weakseg.data import build_dataset
-    from weakseg.data.prepared import prepare
     from weakseg.refine import bench_refine
 
-    split_data = prepare(build_dataset("oxford_pet", data_root / "oxford-iiit-pet-subset", "trainval"), size)
+    split_data = _pet_trainval(data_root, size)
     count = min(images, len(split_data))
     pictures = list(split_data.images[:count].permute(0, 2, 3, 1).contiguous().numpy())
     if classifier is not None:

@@ -18,18 +18,17 @@ from weakseg.models.encoders import (
     normalization,
     read_checkpoint,
 )
+from weakseg.models.segmenter import Normalized
 
 
-class Classifier(nn.Module):
+class Classifier(Normalized):
     """A timm classifier taking RGB in [0, 1]. ``forward_features`` / ``forward_head`` are the timm model's,
     so CAM methods take their fast head-only gradient path; ``spec`` rebuilds the model from a checkpoint."""
 
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], spec: dict[str, Any]):
-        super().__init__()
+        super().__init__(mean, std)
         self.net = net
         self.spec = dict(spec)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     @property
     def num_classes(self) -> int:
@@ -40,7 +39,7 @@ class Classifier(nn.Module):
         return bool(self.spec.get("multilabel", False))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_features((images - self.mean) / self.std)
+        return self.net.forward_features(self.normalize(images))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(features)

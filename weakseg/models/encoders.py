@@ -123,16 +123,24 @@ def create_timm_pretrained(factory: Callable[[], nn.Module], encoder: str) -> nn
         raise WeightsUnavailableError(f"{hint} ({type(err).__name__}: {err})") from err
 
 
-def load_weights_file(module: nn.Module, path: str | Path) -> None:
-    """Load a state dict file (optionally wrapped as {'state_dict': ...} or {'model': ...}) into a module."""
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict file, possibly wrapped as {'state_dict': ...} or {'model': ...} (fine-tuning checkpoints)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: '{path}'")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsUnavailableError(f"cannot read checkpoint '{path}' ({type(err).__name__}: {err})") from err
     for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    result = module.load_state_dict(state, strict=False)
+    return state
+
+
+def load_weights_file(module: nn.Module, path: str | Path) -> None:
+    """Load a state dict file (see :func:`read_state_dict`) into a module, keys matched by name."""
+    result = module.load_state_dict(read_state_dict(path), strict=False)
     if len(result.missing_keys) == len(module.state_dict()):
         raise WeightsUnavailableError(f"no tensor in '{path}' matches the encoder")
 

