@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import draw_object
-from weakseg.budget import Budget, BudgetSelection, point_masks, sample_points, select
+from weakseg.budget import Budget, BudgetSelection, point_masks, sample_clicks, sample_points, select
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.data.transforms import fit_sample
 
@@ -80,7 +80,14 @@ def test_selection_save_round_trips(tmp_path):
     path = tmp_path / "run" / "budget.json"
     selection.save(path)
     data = json.loads(path.read_text())
-    assert data["budget"] == {"coverage": 10, "boxes": 5, "density": 0.5, "point_mode": "balanced", "seed": 7}
+    assert data["budget"] == {
+        "coverage": 10,
+        "boxes": 5,
+        "density": 0.5,
+        "point_mode": "balanced",
+        "seed": 7,
+        "clicks": None,
+    }
     assert data["images"] == 120 and data["masks"] == selection.masks and data["boxes"] == selection.boxes
     loaded = BudgetSelection(
         budget=Budget(**data["budget"]), masks=data["masks"], boxes=data["boxes"], images=data["images"]
@@ -174,3 +181,24 @@ def test_point_masks_over_a_stack(demo_root):
         point_masks(masks, names, Budget())
     with pytest.raises(ValueError):
         point_masks(masks, names[:2], budget)
+
+
+def test_clicks_land_inside_every_object_and_background_region():
+    mask = np.zeros((40, 60), np.uint8)
+    mask[5:15, 5:20] = 1  # two pets, one background region, a trimap-like ignore ring on the second
+    mask[22:36, 30:55] = 1
+    mask[21, 29:56] = IGNORE_INDEX
+    clicks = sample_clicks(mask, 3, "two_pets", seed=4)
+    labelled = clicks != IGNORE_INDEX
+    assert labelled.sum() == 9 and (clicks[labelled] == mask[labelled]).all()
+    assert (clicks[5:15, 5:20] == 1).sum() == 3 and (clicks[22:36, 30:55] == 1).sum() == 3
+    # away from the border: no click on an object's outer ring
+    ring = mask.copy()
+    ring[6:14, 6:19] = 0
+    ring[23:35, 31:54] = 0
+    assert not ((clicks == 1) & (ring == 1)).any()
+    assert np.array_equal(clicks, sample_clicks(mask, 3, "two_pets", seed=4))
+    assert not np.array_equal(clicks, sample_clicks(mask, 3, "two_pets", seed=5))
+    masks = torch.from_numpy(np.stack([mask, mask]))
+    points = point_masks(masks, ["a", "b"], Budget(clicks=1))
+    assert ((points != IGNORE_INDEX).flatten(1).sum(1) == 3).all()

@@ -11,6 +11,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -38,13 +39,15 @@ def choose_subset(names: list[str], percent: float, seed: int, tag: str) -> list
 
 @dataclass
 class Budget:
-    """What the annotation budget buys, in percent of training images (coverage, boxes) or pixels (density)."""
+    """What the annotation budget buys, in percent of training images (coverage, boxes) or pixels (density), or
+    in clicks per object (each connected region of each class, background included)."""
 
     coverage: float = 100.0
     boxes: float = 0.0
     density: float | None = None
     point_mode: str = "uniform"
     seed: int = 0
+    clicks: int | None = None
 
 
 @dataclass
@@ -106,12 +109,32 @@ def sample_points(mask: np.ndarray, density: float, name: str, seed: int, mode: 
     return out.reshape(mask.shape)
 
 
+def sample_clicks(mask: np.ndarray, k: int, name: str, seed: int) -> np.ndarray:
+    """``k`` clicks per object: in every 8-connected region of every class of ``mask`` (background regions too),
+    ``k`` pixels (fewer if the region is smaller) drawn away from the region's border when it has an interior,
+    as an annotator clicks inside an object; the rest becomes ignore."""
+    out = np.full_like(mask, IGNORE_INDEX)
+    rng = _rng(seed, "clicks", name)
+    for c in np.unique(mask[mask != IGNORE_INDEX]):
+        count, regions = cv2.connectedComponents((mask == c).astype(np.uint8), connectivity=8)
+        for r in range(1, count):
+            region = (regions == r).astype(np.uint8)
+            interior = cv2.erode(region, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            ys, xs = np.nonzero(interior if interior.any() else region)
+            chosen = rng.choice(len(ys), size=min(k, len(ys)), replace=False)
+            out[ys[chosen], xs[chosen]] = c
+    return out
+
+
 def point_masks(masks: torch.Tensor, names: list[str], budget: Budget) -> torch.Tensor:
-    """Point labels for a stack of masks (N, H, W) at the budget's density."""
-    if budget.density is None:
+    """Point labels for a stack of masks (N, H, W): ``budget.clicks`` per object, or the budget's density."""
+    if budget.clicks is None and budget.density is None:
         raise ValueError("the budget has no point density")
-    out = [
-        torch.from_numpy(sample_points(m.numpy(), budget.density, n, budget.seed, budget.point_mode))
-        for m, n in zip(masks, names, strict=True)
-    ]
+
+    def sample(mask: np.ndarray, name: str) -> np.ndarray:
+        if budget.clicks is not None:
+            return sample_clicks(mask, budget.clicks, name, budget.seed)
+        return sample_points(mask, budget.density, name, budget.seed, budget.point_mode)
+
+    out = [torch.from_numpy(sample(m.numpy(), n)) for m, n in zip(masks, names, strict=True)]
     return torch.stack(out) if out else masks.clone()

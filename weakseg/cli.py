@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from weakseg.errors import WeaksegError
+from weakseg.errors import DataFileError, WeaksegError
 
 app = typer.Typer(
     help="weakseg: from cheap labels to pixel masks, measured honestly.",
@@ -266,6 +266,23 @@ def experiment_run(
     console.print(f"{len(rows)} rows in {out / 'results.json'}")
 
 
+@experiment_app.command("plot")
+def experiment_plot(
+    results: Annotated[Path, typer.Argument(help="results.json of an experiment (runs/<name>/ or docs/results/).")],
+    x: Annotated[str, typer.Option(help="Numeric row setting on the x axis (log scale).")] = "coverage",
+    y: Annotated[str, typer.Option(help="Metric on the y axis.")] = "dice",
+    series: Annotated[str | None, typer.Option(help="Row setting with one line per value.")] = None,
+    stage: Annotated[str, typer.Option(help="Stage of the rows plotted (final or pseudo).")] = "final",
+    out: Annotated[Path, typer.Option(help="Image file written.")] = Path("plot.png"),
+) -> None:
+    """Plot a metric (mean ± std over seeds) against a numeric row setting, e.g. Dice against coverage."""
+    from weakseg.experiments.plot import plot_results
+
+    if not results.is_file():
+        raise DataFileError(results, "results file not found")
+    console.print(f"plot: {plot_results(results, x, y, series, out, stage)}")
+
+
 @bench_app.command("train")
 def bench_train_cmd(
     data_root: DataRoot = Path("../shared/data"),
@@ -390,6 +407,14 @@ def list_generators_cmd() -> None:
     from weakseg.sources.sam import list_mask_generators
 
     console.print("\n".join(list_mask_generators()))
+
+
+@list_app.command("sources")
+def list_sources_cmd() -> None:
+    """Supervision sources that method 'multi' combines (method.sources), one head each."""
+    from weakseg.methods.multisource import list_sources
+
+    console.print("\n".join(list_sources()))
 
 
 @list_app.command("methods")

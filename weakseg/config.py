@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -41,11 +41,17 @@ class BudgetConfig(Section):
     boxes: float = Field(0.0, ge=0, le=100, description="% of training images keeping boxes")
     density: float | None = Field(None, ge=0, le=100, description="% of pixels labelled as points")
     point_mode: str = "uniform"
+    clicks: int | None = Field(None, ge=1, description="clicks per object (replaces density when set)")
 
 
 class MethodConfig(Section):
     name: str = "full"
-    sources: list[str] = Field(default_factory=lambda: ["masks"])
+    sources: list[str] = Field(
+        default_factory=lambda: ["masks"], description="supervision sources of method 'multi', one head each"
+    )
+    weights: dict[str, float] = Field(default_factory=dict, description="loss weight per source (default 1)")
+    generator: str = Field("litemedsam", description="box-prompted mask generator of the 'sam' source")
+    cam_method: str = Field("gradcam", description="CAM method of the 'cam' source (soft maps unless refine is set)")
     refine: str | list[Any] | None = None
     segmenter: bool = Field(True, description="train a segmenter on the pseudo-labels (false: their quality only)")
     refine_size: int | None = Field(
@@ -105,6 +111,17 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     loss: str = "ce"
     augment: list[str] = Field(default_factory=lambda: ["hflip"])
+    epoch_images: int | None = Field(
+        None, ge=1, description="images drawn per epoch (repeating a small set); None: each image once"
+    )
+    sampling: Literal["balanced", "union"] = Field(
+        "balanced",
+        description="with several sources: 'balanced' gives each head an equal share of an epoch's images drawn "
+        "from those it labels; 'union' draws from all labelled images alike",
+    )
+    strong_only: float = Field(
+        0.2, ge=0, le=1, description="final fraction of epochs in which only the primary (full-mask) head learns"
+    )
     monitor: str = "iou"
     lr_factor: float = Field(0.5, gt=0, lt=1)
     patience: int = Field(3, ge=0)
@@ -163,8 +180,11 @@ SETTING_PATHS = {
     "loss": "train.loss",
     "coverage": "budget.coverage",
     "density": "budget.density",
+    "clicks": "budget.clicks",
     "epochs": "train.epochs",
     "round": "method.options.round",
+    "generator": "method.generator",
+    "cam_method": "method.cam_method",
 }
 """Names of row settings in results, and the config value each one sets."""
 

@@ -36,6 +36,25 @@ class CrossEntropy(nn.Module):
         return F.binary_cross_entropy_with_logits(logits[valid], target[valid].float())
 
 
+class SoftCrossEntropy(nn.Module):
+    """Cross-entropy against a soft foreground probability (a CAM map in [0, 1]) for foreground/background
+    models: BCE with logits in binary mode, two-class softmax cross-entropy with target (1 - q, q) in multiclass.
+    Images are weighted equally; a soft target has no ignore value (an unlabelled image is left out instead)."""
+
+    def __init__(self, mode: str = "multiclass"):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        q = target.float()
+        if self.mode == "binary":
+            return F.binary_cross_entropy_with_logits(logits[:, 0].float(), q)
+        if logits.shape[1] != 2:
+            raise ConfigError("soft targets need a foreground/background model (2 classes or binary mode)")
+        log_p = F.log_softmax(logits.float(), dim=1)
+        return -(q * log_p[:, 1] + (1 - q) * log_p[:, 0]).mean()
+
+
 def _term(name: str, mode: str, ignore_index: int) -> nn.Module:
     smp_mode = "binary" if mode == "binary" else "multiclass"
     if name in ("ce", "bce"):

@@ -119,7 +119,7 @@ def run(
     train_full, test = splits or load_splits(config, data_root, progress)
     train, val = holdout(train_full, config.dataset.val_fraction, config.seed)
     b = config.budget
-    selection = select(Budget(b.coverage, b.boxes, b.density, b.point_mode, config.seed), train.names)
+    selection = select(Budget(b.coverage, b.boxes, b.density, b.point_mode, config.seed, b.clicks), train.names)
     selection.save(out_dir / "budget.json")
     context = RunContext(
         config=config,

@@ -1,9 +1,16 @@
 """The training loop: Adam, halving the learning rate on a validation plateau, best-checkpoint keeping,
-resume from the last checkpoint, a progress bar and a per-epoch CSV log. Reads top to bottom."""
+resume from the last checkpoint, a progress bar and a per-epoch CSV log. Reads top to bottom.
+
+One loop for one or many supervision sources: each :class:`Target` is learned by the model head of its name,
+with its own loss (hard labels: ``train.loss`` over known pixels; soft maps: soft cross-entropy) and weight, over
+the images it labels. In the last ``train.strong_only`` fraction of epochs only the primary head learns, on the
+images the primary target labels. A plain model with the split's masks is the single-target case.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -16,14 +23,17 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from weakseg.config import TrainConfig
-from weakseg.data.prepared import PreparedSplit, iterate_batches
+from weakseg.data.prepared import PreparedSplit, draw, iterate_batches
+from weakseg.errors import ConfigError
 from weakseg.io import atomic_path
-from weakseg.losses import build_loss
+from weakseg.losses import SoftCrossEntropy, build_loss
 from weakseg.metrics import ConfusionMatrix
+from weakseg.models.multihead import MultiHeadSegmenter
 from weakseg.models.segmenter import Segmenter
 from weakseg.runtime import autocast, seed_everything
+from weakseg.sources.target import Target
 
-LOG_FIELDS = ["epoch", "train_loss", "val_loss", "val_iou", "val_dice", "lr", "seconds", "images_per_s"]
+LOG_FIELDS = ["epoch", "heads", "train_loss", "val_loss", "val_iou", "val_dice", "lr", "seconds", "images_per_s"]
 
 
 @dataclass
@@ -64,7 +74,43 @@ class _TensorBoard:
             self.writer.flush()
 
 
-@torch.no_grad()
+def head_names(model: Segmenter, targets: list[Target]) -> tuple[list[str], str]:
+    """The heads that learn the targets and the primary one; checks that every target has its head."""
+    if isinstance(model, MultiHeadSegmenter):
+        missing = [t.name for t in targets if t.name not in model.heads]
+        if missing:
+            raise ConfigError(f"the model has no head for source(s) {missing}; heads: {list(model.heads)}")
+        names = [t.name for t in targets]
+        if model.primary not in names:
+            raise ConfigError(f"the primary head '{model.primary}' has no target among {names}")
+        return names, model.primary
+    if len(targets) != 1:
+        raise ConfigError(f"{len(targets)} sources need a multi-head model (build_model(..., heads=[...]))")
+    return [targets[0].name], targets[0].name
+
+
+def head_logits(model: Segmenter, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """Logits of the named heads from one forward pass (a plain model has one head)."""
+    if isinstance(model, MultiHeadSegmenter):
+        return model.forward_heads(images, names)
+    return {names[0]: model(images)}
+
+
+def epoch_order(
+    labelled: torch.Tensor, active: list[int], count: int | None, balanced: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """The image indices drawn in one epoch: ``count`` (default: each image once) from the images that the
+    ``active`` targets label; ``balanced`` gives each active target an equal share of the draws from its own
+    images, so a head with few labelled images (2.5 % of full masks) still sees one in most batches."""
+    union = labelled[:, active].any(1).nonzero().squeeze(1)
+    count = count or len(union)
+    if not balanced or len(active) == 1:
+        return draw(union, count, generator)
+    share = -(-count // len(active))
+    order = torch.cat([draw(labelled[:, k].nonzero().squeeze(1), share, generator) for k in active])
+    return order[torch.randperm(len(order), generator=generator)][:count]
+
+
 @torch.no_grad()
 def validate(
     model: Segmenter,
@@ -98,16 +144,34 @@ def fit(
     resume: bool = True,
     run_key: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
+    targets: list[Target] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``train`` masks; keep ``best.pt`` by validation ``config.monitor`` (or the last epoch
-    without validation) and ``last.pt`` for resuming. Returns with ``model`` holding the best weights.
-    ``meta`` (input size, fit, class names) is stored in the checkpoints for prediction."""
+    """Train ``model`` on ``targets`` (default: ``train.masks`` for the one head); keep ``best.pt`` by validation
+    ``config.monitor`` on the primary head (or the last epoch without validation) and ``last.pt`` for resuming.
+    Returns with ``model`` holding the best weights. ``meta`` (input size, fit, class names) is stored in the
+    checkpoints for prediction."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    digest = config_digest(config, (run_key or {}) | {"seed": seed, "model": model.spec, "n": len(train)})
+    if targets is None:
+        if train.masks is None:
+            raise ConfigError("the training split has no masks and no targets were given")
+        name = model.primary if isinstance(model, MultiHeadSegmenter) else "masks"
+        targets = [Target(name, train.masks)]
+    if any(len(t) != len(train) for t in targets):
+        raise ConfigError(f"every target needs labels for the {len(train)} training images")
+    names, primary = head_names(model, targets)
+    mode = model.spec.get("mode", "multiclass")
+    target_losses = [SoftCrossEntropy(mode) if t.soft else build_loss(config.loss, mode) for t in targets]
+    primary_k = names.index(primary)
+    loss_fn = target_losses[primary_k] if not targets[primary_k].soft else build_loss(config.loss, mode)
+    labelled = torch.stack([t.labelled for t in targets], 1)  # (N, K)
+    stacked = dataclasses.replace(train, masks=torch.stack([t.labels for t in targets], 1))  # flipped together
+    strong_from = config.epochs - round(config.epochs * config.strong_only) if len(targets) > 1 else config.epochs
+
+    ident = {"seed": seed, "model": model.spec, "n": len(train), "targets": [t.ident() for t in targets]}
+    digest = config_digest(config, (run_key or {}) | ident)
     generator = seed_everything(seed)
     model.to(device, memory_format=torch.channels_last)
-    loss_fn = build_loss(config.loss, model.spec.get("mode", "multiclass"))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.lr_factor, patience=config.patience
@@ -137,7 +201,6 @@ def fit(
         writer.writerows(history)
     board = _TensorBoard(out_dir / "tensorboard")
 
-    steps = math.ceil(len(train) / config.batch_size)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -147,21 +210,31 @@ def fit(
     )
     with Progress(*columns, disable=not config.progress, transient=True) as bar:
         for epoch in range(start_epoch, config.epochs):
-            # One pass over the training images.
+            # One pass over the images that the heads learning in this epoch have labels for.
             model.train()
+            active = [primary_k] if epoch >= strong_from else list(range(len(targets)))
+            order = epoch_order(labelled, active, config.epoch_images, config.sampling == "balanced", generator)
+            steps = math.ceil(len(order) / config.batch_size)
             task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps, info="")
             started, seen, total_loss = time.perf_counter(), 0, 0.0
             for images, masks, index in iterate_batches(
-                train,
+                stacked,
                 config.batch_size,
                 device,
-                shuffle=True,
                 generator=generator,
                 augment=config.augment,
                 drop_singleton=True,
+                order=order,
             ):
                 with autocast(device, config.amp):
-                    loss = loss_fn(model(images), masks)
+                    logits = head_logits(model, images, [names[k] for k in active])
+                    loss = images.new_zeros(())
+                    for k in active:
+                        rows = labelled[index, k].to(device)
+                        if rows.any():
+                            target = masks[:, k].float().div(255) if targets[k].soft else masks[:, k]
+                            term = target_losses[k](logits[names[k]][rows], target[rows])
+                            loss = loss + targets[k].weight * term
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -175,6 +248,7 @@ def fit(
             # Validate, adapt the learning rate, keep the best weights.
             row = {
                 "epoch": epoch + 1,
+                "heads": "+".join(names[k] for k in active),
                 "train_loss": total_loss / max(seen, 1),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(seconds, 3),

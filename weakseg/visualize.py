@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+import torch
+
+from weakseg.data.prepared import PreparedSplit
+from weakseg.io import write_png
+from weakseg.sources.target import Target
 
 PALETTE = np.array(
     [[0, 0, 0], [255, 64, 64], [64, 200, 64], [64, 128, 255], [255, 200, 0], [200, 64, 255], [0, 220, 220]],
@@ -43,3 +50,24 @@ def panel(images: list[np.ndarray], height: int = 256) -> np.ndarray:
     scaled = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height)) for im in images]
     scaled = [np.repeat(s[..., None], 3, 2) if s.ndim == 2 else s for s in scaled]
     return np.concatenate(scaled, axis=1)
+
+
+def save_label_examples(path: str | Path, split: PreparedSplit, targets: list[Target], count: int = 6) -> None:
+    """A picture: per row an image, each source's labels (soft maps as heatmaps, a dimmed image where the source
+    has no label), then the ground truth; the images labelled by the most sources first."""
+    order = torch.stack([t.labelled for t in targets], 1).sum(1).argsort(descending=True, stable=True)
+    rows = []
+    for i in order[:count].tolist():
+        image = split.images[i].permute(1, 2, 0).numpy()
+        cells = [image]
+        for t in targets:
+            labels = t.labels[i].numpy()
+            if not t.labelled[i]:
+                cells.append((image * 0.3).astype(np.uint8))
+            else:
+                cells.append(heatmap(image, labels / 255) if t.soft else overlay(image, labels))
+        if split.masks is not None:
+            cells.append(overlay(image, split.masks[i].numpy()))
+        rows.append(panel(cells, height=160))
+    if rows:
+        write_png(path, np.concatenate(rows, axis=0))

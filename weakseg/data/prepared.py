@@ -156,6 +156,14 @@ def prepare(
     return split
 
 
+def draw(pool: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` entries of ``pool`` in shuffled passes (repeated and cut when ``count`` exceeds its size)."""
+    if not len(pool):
+        return pool[:0]
+    passes = [pool[torch.randperm(len(pool), generator=generator)] for _ in range(-(-count // len(pool)))]
+    return torch.cat(passes)[:count]
+
+
 def iterate_batches(
     split: PreparedSplit,
     batch_size: int,
@@ -164,13 +172,17 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     augment: list[str] | tuple[str, ...] = (),
     drop_singleton: bool = False,
+    order: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[int]]]:
-    """Yield (images float [0, 1] on device, masks long on device or None, indices) batches."""
-    n = len(split)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
+    """Yield (images float [0, 1] on device, masks long on device or None, indices) batches, over ``order`` (the
+    image indices to draw, repeats allowed) when given. Masks may carry extra leading dimensions per image
+    ((N, K, S, S) for K targets): flips apply to all of them."""
+    if order is None:
+        n = len(split)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        if drop_singleton and len(index) == 1 and n > 1:
+        if drop_singleton and len(index) == 1 and len(order) > 1:
             break
         images = split.images[index]
         masks = None if split.masks is None else split.masks[index]

@@ -19,15 +19,15 @@ from weakseg.cams import list_cams
 from weakseg.classify import is_multilabel, train_classifier
 from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
-from weakseg.io import write_png
-from weakseg.methods.supervised import train_and_test
+from weakseg.methods.segmenter import train_and_test
 from weakseg.metrics import ConfusionMatrix
 from weakseg.models.classifier import Classifier, build_classifier
 from weakseg.pipeline import RunContext, StageResult, load_dataset, register_method
 from weakseg.refine import RefinePipeline, Refiner, parse_pipeline
 from weakseg.sources.cam import cam_maps, to_uint8
 from weakseg.sources.store import ArtifactStore, digest
-from weakseg.visualize import heatmap, overlay, panel
+from weakseg.sources.target import Target
+from weakseg.visualize import save_label_examples
 
 
 def classifier_ident(ctx: RunContext) -> dict:
@@ -56,21 +56,32 @@ def tag_classifier(ctx: RunContext) -> tuple[Classifier, float]:
     return model.eval(), result.accuracy
 
 
-def pseudo_labels(ctx: RunContext, method: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(soft maps uint8, pseudo-masks uint8 0/1, info) for every image of the training split."""
+def cam_ident(ctx: RunContext, method: str) -> dict:
+    return {"classifier": classifier_ident(ctx), "method": method, "cam": ctx.config.cam.model_dump()}
+
+
+def soft_maps(ctx: RunContext, method: str) -> tuple[torch.Tensor, dict]:
+    """(CAM maps uint8 0..255, info) for every image of the training split, from the stored tag classifier."""
     store = ArtifactStore(ctx.shared_dir)
     split = ctx.train_full
-    cam_ident = {"classifier": classifier_ident(ctx), "method": method, "cam": ctx.config.cam.model_dump()}
+    ident = cam_ident(ctx, method)
     info: dict = {}
 
     def compute_maps() -> torch.Tensor:
         model, info["classifier_accuracy"] = tag_classifier(ctx)
         return to_uint8(cam_maps(model, split.images, split.labels, method, ctx.config.cam, ctx.device, ctx.progress))
 
-    soft = store.tensor("cams", cam_ident, compute_maps, notes=info)
-    info["classifier_accuracy"] = store.info("cams", cam_ident).get("classifier_accuracy", float("nan"))
+    soft = store.tensor("cams", ident, compute_maps, notes=info)
+    return soft, {"classifier_accuracy": store.info("cams", ident).get("classifier_accuracy", float("nan"))}
+
+
+def pseudo_labels(ctx: RunContext, method: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(soft maps uint8, pseudo-masks uint8 0/1, info) for every image of the training split."""
+    store = ArtifactStore(ctx.shared_dir)
+    split = ctx.train_full
+    soft, info = soft_maps(ctx, method)
     pipeline = parse_pipeline(ctx.config.method.refine)
-    refine_ident = {"maps": cam_ident, "refine": str(pipeline), "size": ctx.config.method.refine_size}
+    refine_ident = {"maps": cam_ident(ctx, method), "refine": str(pipeline), "size": ctx.config.method.refine_size}
 
     def refine() -> torch.Tensor:
         return refine_split(ctx, split, soft, pipeline)
@@ -102,25 +113,13 @@ def refine_split(ctx: RunContext, split: PreparedSplit, soft: torch.Tensor, pipe
     return (masks >= 0.5).to(torch.uint8)
 
 
-def save_examples(path, split: PreparedSplit, soft: torch.Tensor, masks: torch.Tensor, count: int = 6) -> None:
-    """A picture: per row image | CAM heatmap | pseudo-mask | ground truth, for the first ``count`` images."""
-    rows = []
-    for i in range(min(count, len(split))):
-        image = split.images[i].permute(1, 2, 0).numpy()
-        cells = [image, heatmap(image, soft[i].float().numpy() / 255), overlay(image, masks[i].numpy())]
-        if split.masks is not None:
-            cells.append(overlay(image, split.masks[i].numpy()))
-        rows.append(panel(cells, height=160))
-    if rows:
-        write_png(path, np.concatenate(rows, axis=0))
-
-
 def tags_to_segmenter(ctx: RunContext) -> list[StageResult]:
     method = ctx.config.method.name
     if len(ctx.train_full.mask_classes) != 2:
         raise ConfigError("pseudo-labels from tags are foreground/background: the dataset needs 2 mask classes")
     soft, masks, info = pseudo_labels(ctx, method)
-    save_examples(ctx.out_dir / "pseudo_examples.png", ctx.train_full, soft, masks)
+    targets = [Target("cam", soft, soft=True), Target("pseudo", masks)]
+    save_label_examples(ctx.out_dir / "pseudo_examples.png", ctx.train_full, targets)
     results = []
     if ctx.train_full.masks is not None:
         cm = ConfusionMatrix(2)

@@ -1,0 +1,52 @@
+"""The last step of every method: build the configured segmenter, fit it on the method's targets and test it."""
+
+from __future__ import annotations
+
+from weakseg.data.prepared import PreparedSplit
+from weakseg.evaluate import evaluate_model
+from weakseg.models import build_model
+from weakseg.pipeline import RunContext, StageResult
+from weakseg.runtime import seed_everything
+from weakseg.sources.target import Target
+from weakseg.train import fit
+
+
+def train_and_test(
+    ctx: RunContext,
+    train_split: PreparedSplit,
+    run_key: dict,
+    val_split: PreparedSplit | None = None,
+    targets: list[Target] | None = None,
+    primary: str | None = None,
+) -> StageResult:
+    """Build the configured model (one head per target when there are several, ``primary`` predicting), fit it
+    on ``targets`` (default: ``train_split``'s masks), validating on ``val_split`` (default: the run's
+    validation split), and score it on the test split."""
+    m, t = ctx.config.model, ctx.config.train
+    seed_everything(ctx.config.seed)  # the decoder's random initialisation depends on the seed too
+    heads = {"heads": [x.name for x in targets], "primary": primary} if targets and len(targets) > 1 else {}
+    model = build_model(m.arch, m.encoder, len(ctx.train.mask_classes), m.weights, m.mode, **heads, **m.options)
+    meta = {
+        "size": ctx.config.dataset.size,
+        "fit": ctx.config.dataset.fit,
+        "mask_classes": ctx.train.mask_classes,
+    }
+    val = ctx.val if val_split is None else val_split
+    result = fit(
+        model,
+        train_split,
+        val,
+        t,
+        ctx.out_dir,
+        ctx.device,
+        ctx.config.seed,
+        run_key=run_key,
+        meta=meta,
+        targets=targets,
+    )
+    metrics = evaluate_model(
+        model, ctx.test, ctx.device, t.eval_batch_size, tta=t.tta, amp=t.amp, progress=ctx.progress
+    )
+    metrics["best_epoch"] = result.best_epoch
+    metrics["train_images_per_s"] = result.images_per_s
+    return StageResult("final", metrics)
