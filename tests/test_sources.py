@@ -22,6 +22,7 @@ from weakseg.losses import SoftCrossEntropy
 from weakseg.methods.multisource import list_sources
 from weakseg.models import build_model
 from weakseg.pipeline import list_methods, run
+from weakseg.sources.boxes import boxes_from_mask
 from weakseg.sources.prompted import prompted_masks
 from weakseg.sources.sam import build_mask_generator
 from weakseg.sources.target import Target
@@ -239,3 +240,23 @@ def test_plot_draws_a_line_per_series_and_references_flat(tmp_path):
         plot_results(results, "coverage", "iou", None, tmp_path / "q.png")
     with pytest.raises(ConfigError, match="numeric setting"):
         plot_results(results, "density", "dice", None, tmp_path / "q.png")
+
+
+def test_boxes_from_mask_box_each_object_and_skip_specks():
+    mask = np.zeros((50, 80), np.uint8)
+    mask[5:20, 10:30] = 1
+    mask[30:45, 50:75] = 1
+    mask[0, 79] = 1  # a speck
+    mask[25, :] = IGNORE_INDEX  # ignore is not an object
+    boxes = boxes_from_mask(mask)
+    assert sorted(boxes.tolist()) == [[10, 5, 30, 20], [50, 30, 75, 45]]
+    assert boxes_from_mask(np.zeros((4, 4), np.uint8)).shape == (0, 4)
+
+
+def test_object_boxes_from_masks_cover_whole_pets(tmp_path, demo_root):
+    config = _config(name="boxes", boxes_from="masks", segmenter=False)
+    result = run(config, tmp_path / "a", demo_root, progress=False)[0].metrics
+    assert result["recall"] > 0.97 and result["iou"] > 0.6  # whole-pet boxes, unlike the head boxes
+    sam = _config(name="sam", boxes_from="masks", segmenter=False, generator="box")
+    again = run(sam, tmp_path / "b", demo_root, progress=False)[0].metrics
+    assert again["iou"] == pytest.approx(result["iou"], abs=0.03)

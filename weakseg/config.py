@@ -51,6 +51,9 @@ class MethodConfig(Section):
     )
     weights: dict[str, float] = Field(default_factory=dict, description="loss weight per source (default 1)")
     generator: str = Field("litemedsam", description="box-prompted mask generator of the 'sam' source")
+    boxes_from: Literal["dataset", "masks"] = Field(
+        "dataset", description="boxes of the 'boxes' and 'sam' sources: the dataset's, or each object's mask box"
+    )
     cam_method: str = Field("gradcam", description="CAM method of the 'cam' source (soft maps unless refine is set)")
     refine: str | list[Any] | None = None
     segmenter: bool = Field(True, description="train a segmenter on the pseudo-labels (false: their quality only)")
@@ -114,10 +117,10 @@ class TrainConfig(Section):
     epoch_images: int | None = Field(
         None, ge=1, description="images drawn per epoch (repeating a small set); None: each image once"
     )
-    sampling: Literal["balanced", "union"] = Field(
-        "balanced",
-        description="with several sources: 'balanced' gives each head an equal share of an epoch's images drawn "
-        "from those it labels; 'union' draws from all labelled images alike",
+    sampling: Literal["union", "balanced"] = Field(
+        "union",
+        description="with several sources: 'union' draws an epoch's images from all labelled images alike; "
+        "'balanced' gives each head an equal share, drawn from the images it labels",
     )
     strong_only: float = Field(
         0.2, ge=0, le=1, description="final fraction of epochs in which only the primary (full-mask) head learns"
@@ -184,6 +187,7 @@ SETTING_PATHS = {
     "epochs": "train.epochs",
     "round": "method.options.round",
     "generator": "method.generator",
+    "boxes_from": "method.boxes_from",
     "cam_method": "method.cam_method",
 }
 """Names of row settings in results, and the config value each one sets."""

@@ -5,7 +5,8 @@ pixels ignored; CAM maps are soft), learned by its own head of one shared encode
 
 - ``full`` / ``masks``: full masks of the budget's ``coverage`` % of images;
 - ``points``: point labels at the budget's ``density`` % of pixels or ``clicks`` per object (partial CE);
-- ``boxes``: filled boxes of the budget's ``boxes`` % of images;
+- ``boxes``: filled boxes of the budget's ``boxes`` % of images (the dataset's boxes, or with
+  ``method.boxes_from: masks`` the box of each object of the ground truth);
 - ``sam``: masks from ``method.generator`` prompted with those boxes (generated once, cached in the shared folder);
 - ``multi``: the heads of ``method.sources`` (e.g. ``[masks, cam, boxes, sam]``), ``masks`` predicting, weighted
   by ``method.weights``, and only the primary head learning in the last ``train.strong_only`` of the epochs.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from weakseg.budget import point_masks
@@ -29,7 +31,7 @@ from weakseg.methods.segmenter import train_and_test
 from weakseg.methods.tags import pseudo_labels, soft_maps
 from weakseg.metrics import ConfusionMatrix
 from weakseg.pipeline import RunContext, StageResult, load_dataset, register_method
-from weakseg.sources.boxes import box_masks
+from weakseg.sources.boxes import box_masks, boxes_from_mask
 from weakseg.sources.prompted import prompted_masks
 from weakseg.sources.sam import build_mask_generator
 from weakseg.sources.store import digest
@@ -97,12 +99,20 @@ def points_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Targ
     return Target("points", point_masks(_ground_truth(split, "points"), split.names, ctx.selection.budget))
 
 
+def _split_boxes(ctx: RunContext, split: PreparedSplit) -> list[np.ndarray]:
+    """The boxes of each image at model size: the dataset's, or (``method.boxes_from: masks``) its objects'."""
+    if ctx.config.method.boxes_from == "masks":
+        return [boxes_from_mask(m.numpy()) for m in _ground_truth(split, "boxes")]
+    return split.boxes
+
+
 @register_source("boxes")
 def boxes_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
     """Filled boxes of the budget's ``boxes`` % of the images; images without a box are unlabelled."""
     chosen = _need_boxes(ctx, everyone, "boxes")
-    labels = box_masks(split.boxes, split.size)
-    labels[torch.tensor([len(b) == 0 for b in split.boxes], dtype=torch.bool)] = IGNORE_INDEX
+    boxes = _split_boxes(ctx, split)
+    labels = box_masks(boxes, split.size)
+    labels[torch.tensor([len(b) == 0 for b in boxes], dtype=torch.bool)] = IGNORE_INDEX
     return Target("boxes", _keep(split, labels, chosen))
 
 
@@ -121,6 +131,7 @@ def sam_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
         ds.size,
         ds.fit,
         ctx.progress,
+        boxes_from_masks=ctx.config.method.boxes_from == "masks",
     )
     labels = torch.full_like(split.images[:, 0], IGNORE_INDEX)
     position = {n: i for i, n in enumerate(split.names)}
@@ -204,6 +215,7 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
         "density": b.budget.density,
         "clicks": b.budget.clicks,
         "generator": ctx.config.method.generator,
+        "boxes_from": ctx.config.method.boxes_from,
         "cam": [ctx.config.method.cam_method, str(ctx.config.method.refine)],
     }
     results.append(train_and_test(ctx, ctx.train, key, val, targets, primary=sources[0]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
 
@@ -115,3 +116,19 @@ def box_masks(
         for first, stop in zip(firsts.tolist(), [*firsts[1:].tolist(), len(chunk)], strict=True):
             out[int(chunk[first])] |= painted[first:stop].any(0).to(torch.uint8)
     return out
+
+
+def boxes_from_mask(mask: np.ndarray, min_fraction: float = 0.1, ignore_index: int = 255) -> np.ndarray:
+    """Object boxes as an annotator would draw them, for a dataset with masks but no object boxes: the tight box
+    of every 8-connected region of every foreground class, keeping regions of at least ``min_fraction`` of the
+    class's largest region (specks are not objects). float32 (N, 4), max exclusive."""
+    boxes = []
+    for c in np.unique(mask):
+        if c == 0 or c == ignore_index:
+            continue
+        _, _, stats, _ = cv2.connectedComponentsWithStats((mask == c).astype(np.uint8), connectivity=8)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        for x, y, w, h, area in stats[1:]:
+            if area >= min_fraction * areas.max():
+                boxes.append((x, y, x + w, y + h))
+    return np.asarray(boxes, np.float32).reshape(-1, 4)
