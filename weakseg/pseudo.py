@@ -69,7 +69,7 @@ def pseudo_label_dataset(
     classifier.eval()
     device = device or next(classifier.parameters()).device
     with (
-        Refiner(pipeline, workers if workers or pipeline.is_cpu_heavy else 1) as refiner,
+        Refiner(pipeline, workers) as refiner,
         ThreadPoolExecutor(max_workers=2) as readers,
         Progress(disable=not progress, transient=False) as bar,
     ):

@@ -105,7 +105,7 @@ def refine_split(ctx: RunContext, split: PreparedSplit, soft: torch.Tensor, pipe
         maps = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     else:
         images = split.images
-    with Refiner(pipeline, None if pipeline.is_cpu_heavy else 1) as refiner:  # a pool pays for GrabCut/CRF only
+    with Refiner(pipeline) as refiner:
         masks = refiner.map(list(images.permute(0, 2, 3, 1).contiguous().numpy()), list(maps.numpy()))
     masks = torch.from_numpy(np.stack(masks)).float()
     if size != split.size:  # back to the model size, smoothly (bilinear, then >= 0.5)

@@ -51,8 +51,10 @@ def default_chunksize(n: int, workers: int) -> int:
     return max(1, min(MAX_CHUNK, math.ceil(n / (4 * max(1, workers)))))
 
 
-def _default_workers() -> int:
-    return os.cpu_count() or 1
+def _default_workers(pipeline: RefinePipeline) -> int:
+    """Every core for a pipeline with a CPU-heavy op (GrabCut, CRF); in-process otherwise, where a pool's start-up
+    and transfers cost more than the work."""
+    return (os.cpu_count() or 1) if pipeline.is_cpu_heavy else 1
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -64,12 +66,13 @@ class Refiner:
     """Reusable refiner: ``with Refiner(pipeline, workers=4) as r: masks = r.map(images, softs)``.
 
     The worker pool starts on first use and lives until ``close()``/the end of the ``with`` block, so a caller
-    refining many batches pays the start-up once. ``workers=1`` runs in-process; ``None`` means os.cpu_count().
+    refining many batches pays the start-up once. ``workers=1`` runs in-process; ``None`` means every core for a
+    CPU-heavy pipeline (GrabCut, CRF) and in-process for the rest.
     """
 
     def __init__(self, pipeline: PipelineSpec, workers: int | None = None, chunksize: int | None = None):
         self.pipeline = parse_pipeline(pipeline)
-        self.workers = _default_workers() if workers is None else int(workers)
+        self.workers = _default_workers(self.pipeline) if workers is None else int(workers)
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if chunksize is not None and int(chunksize) < 1:
@@ -129,7 +132,8 @@ def refine_many(
     Results are bit-identical for any ``workers`` (GrabCut reseeds OpenCV's RNG per image).
     """
     softs = list(softs)
-    workers = _default_workers() if workers is None else int(workers)
+    pipeline = parse_pipeline(pipeline)
+    workers = _default_workers(pipeline) if workers is None else int(workers)
     if softs and workers > 1:
         size = chunksize or default_chunksize(len(softs), workers)
         workers = min(workers, math.ceil(len(softs) / size))
