@@ -11,6 +11,7 @@ from weakseg.config import ExperimentSpec, load_run_config, load_spec
 from weakseg.errors import ConfigError
 from weakseg.experiments import expand_rows, run_experiment
 from weakseg.experiments.results import aggregate
+from weakseg.experiments.runner import matches, parse_only
 
 
 def write_spec(path, demo_root, **extra):
@@ -105,3 +106,10 @@ def test_filters_that_match_nothing_are_errors(tmp_path, demo_root):
         run_experiment(spec, "/", tmp_path / "o", only=["coverage=7"], progress=False)
     with pytest.raises(ConfigError, match="not row settings"):
         run_experiment(spec, "/", tmp_path / "o", only=["colour=red"], progress=False)
+
+
+def test_list_settings_match_as_yaml_lists_or_as_results_write_them():
+    setting = {"method": "multi", "sources": ["masks", "sam"], "coverage": 2.5}
+    for text in ("sources=[masks, sam]", "sources=[masks,sam]", "sources=masks,sam"):
+        assert matches(setting, parse_only([text, "coverage=2.5"]))
+    assert not matches(setting, parse_only(["sources=[masks]"]))

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from weakseg.errors import DataFileError, WeaksegError
@@ -430,7 +431,7 @@ def main() -> None:
     try:
         app()
     except WeaksegError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False)
+        err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished epochs and runs are kept; rerun the same command to resume")

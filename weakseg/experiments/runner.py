@@ -58,7 +58,10 @@ def parse_only(items: list[str]) -> dict[str, list[str]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--only takes KEY=VALUE, not '{item}'")
-        only.setdefault(key.strip(), []).append(value.strip())
+        value = value.strip()
+        if value.startswith("[") and value.endswith("]"):  # a list as YAML ([masks, sam]) or as in results (masks,sam)
+            value = ",".join(part.strip() for part in value[1:-1].split(","))
+        only.setdefault(key.strip(), []).append(value)
     return only
 
 
