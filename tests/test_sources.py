@@ -26,7 +26,7 @@ from weakseg.sources.boxes import boxes_from_mask
 from weakseg.sources.prompted import prompted_masks
 from weakseg.sources.sam import build_mask_generator
 from weakseg.sources.target import Target
-from weakseg.train import epoch_order, fit
+from weakseg.train import epoch_order, fit, start_strong_phase
 
 
 def test_target_knows_which_images_it_labels():
@@ -115,6 +115,30 @@ def test_fit_learns_each_head_from_its_labelled_images_and_only_the_primary_at_t
     model, before = trained(1.0, "strong")  # the whole run strong-only: the other heads never move
     assert torch.equal(_head_weights(model, "boxes"), before["boxes"])
     assert not torch.equal(_head_weights(model, "masks"), before["masks"])
+
+
+def test_strong_phase_fine_tunes_at_a_lower_rate_from_a_weak_head(tmp_path):
+    split = blob_split(8, size=64)
+    few = split.masks.clone()
+    few[2:] = IGNORE_INDEX
+    targets = [Target("masks", few), Target("sam", split.masks)]
+    config = TrainConfig(epochs=4, batch_size=4, progress=False, epoch_images=8, strong_only=0.5, amp=False)
+    model = build_model("unet", classes=2, weights=None, heads=["masks", "sam"])
+    fine_tuned = config.model_copy(update={"strong_lr": 0.1})
+    fit(model, split, None, fine_tuned, tmp_path, torch.device("cpu"), targets=targets)
+    with open(tmp_path / "log.csv") as fh:
+        rates = [float(row["lr"]) for row in csv.DictReader(fh)]
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    assert not torch.equal(_head_weights(model, "masks"), _head_weights(model, "sam"))
+    start_strong_phase(model, optimizer, "masks", config.model_copy(update={"strong_init": "sam"}))
+    assert torch.equal(_head_weights(model, "masks"), _head_weights(model, "sam"))
+    assert optimizer.param_groups[0]["lr"] == 1e-3  # strong_lr 1: unchanged
+    wrong = config.model_copy(update={"strong_init": "boxes"})
+    with pytest.raises(ConfigError, match="no head 'boxes'"):  # before any training
+        fit(model, split, None, wrong, tmp_path / "wrong", torch.device("cpu"), targets=targets)
+    assert not (tmp_path / "wrong").exists()
 
 
 def test_fit_rejects_targets_without_heads(tmp_path):

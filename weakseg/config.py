@@ -125,6 +125,12 @@ class TrainConfig(Section):
     strong_only: float = Field(
         0.2, ge=0, le=1, description="final fraction of epochs in which only the primary (full-mask) head learns"
     )
+    strong_lr: float = Field(
+        1.0, gt=0, le=1, description="learning-rate factor from the first strong-only epoch on (fine-tuning)"
+    )
+    strong_init: str | None = Field(
+        None, description="head whose weights the primary head starts the strong-only epochs from (e.g. 'sam')"
+    )
     monitor: str = "iou"
     lr_factor: float = Field(0.5, gt=0, lt=1)
     patience: int = Field(3, ge=0)

@@ -113,6 +113,15 @@ def epoch_order(
     return order[torch.randperm(len(order), generator=generator)][:count]
 
 
+def start_strong_phase(model: Segmenter, optimizer: torch.optim.Optimizer, primary: str, config: TrainConfig) -> None:
+    """Enter the strong-only epochs: scale the learning rate by ``strong_lr`` and, with ``strong_init``, start
+    the primary head from the weights of that weak head (which has learned from many more images)."""
+    for group in optimizer.param_groups:
+        group["lr"] *= config.strong_lr
+    if config.strong_init and config.strong_init != primary:
+        model.heads[primary].load_state_dict(model.heads[config.strong_init].state_dict())
+
+
 @torch.no_grad()
 def validate(
     model: Segmenter,
@@ -153,7 +162,6 @@ def fit(
     Returns with ``model`` holding the best weights. ``meta`` (input size, fit, class names) is stored in the
     checkpoints for prediction."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if targets is None:
         if train.masks is None:
             raise ConfigError("the training split has no masks and no targets were given")
@@ -169,6 +177,8 @@ def fit(
     labelled = torch.stack([t.labelled for t in targets], 1)  # (N, K)
     stacked = dataclasses.replace(train, masks=torch.stack([t.labels for t in targets], 1))  # flipped together
     strong_from = config.epochs - round(config.epochs * config.strong_only) if len(targets) > 1 else config.epochs
+    if config.strong_init and config.strong_init not in names:
+        raise ConfigError(f"train.strong_init: no head '{config.strong_init}' among the targets' heads {names}")
 
     ident = {"seed": seed, "model": model.spec, "n": len(train), "targets": [t.ident() for t in targets]}
     digest = config_digest(config, (run_key or {}) | ident)
@@ -184,6 +194,7 @@ def fit(
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
 
     # Resume from the last checkpoint of the same setup.
+    out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     state = torch.load(last_path, map_location=device, weights_only=False) if last_path.is_file() else {}
     if not (resume and state.get("digest") == digest):
@@ -214,6 +225,8 @@ def fit(
         for epoch in range(start_epoch, config.epochs):
             # One pass over the images that the heads learning in this epoch have labels for.
             model.train()
+            if epoch == strong_from:
+                start_strong_phase(model, optimizer, primary, config)
             active = [primary_k] if epoch >= strong_from else list(range(len(targets)))
             order = epoch_order(labelled, active, config.epoch_images, config.sampling == "balanced", generator)
             steps = math.ceil(len(order) / config.batch_size)
