@@ -4,9 +4,9 @@ resume from the last checkpoint, a progress bar and a per-epoch CSV log. Reads t
 One loop for one or many supervision sources: each :class:`Target` is learned by the model head of its name,
 with its own loss (hard labels: ``train.loss`` over known pixels; soft maps: soft cross-entropy) and weight, over
 the images it labels; an epoch draws from every labelled image alike, or in equal shares per head
-(``train.sampling: balanced``). In the last
-``train.strong_only`` fraction of epochs only the primary head learns, on the images the primary target labels.
-A plain model with the split's masks is the single-target case.
+(``train.sampling: balanced``). In the last ``train.strong_only`` fraction of epochs only the primary head learns,
+on the images the primary target labels, at ``train.strong_lr`` times the learning rate. A plain model with the
+split's masks is the single-target case.
 """
 
 from __future__ import annotations
