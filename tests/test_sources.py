@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.synthetic import blob_split
-from weakseg.config import RunConfig, TrainConfig
+from weakseg.config import RunConfig, TrainConfig, load_run_config
 from weakseg.data import build_dataset
 from weakseg.data.prepared import draw, iterate_batches
 from weakseg.data.sample import IGNORE_INDEX
@@ -284,3 +284,19 @@ def test_object_boxes_from_masks_cover_whole_pets(tmp_path, demo_root):
     sam = _config(name="sam", boxes_from="masks", segmenter=False, generator="box")
     again = run(sam, tmp_path / "b", demo_root, progress=False)[0].metrics
     assert again["iou"] == pytest.approx(result["iou"], abs=0.03)
+
+
+def test_generator_options_reach_the_generator_and_are_checked_first(tmp_path, demo_root):
+    shared = tmp_path / "shared"
+    rect = _config(name="sam", boxes_from="masks", segmenter=False, generator="box")
+    ellipse = _config(
+        name="sam", boxes_from="masks", segmenter=False, generator="box", generator_options={"shape_kind": "ellipse"}
+    )
+    boxes = run(rect, tmp_path / "rect", demo_root, progress=False, shared_dir=shared)[0].metrics
+    round_ = run(ellipse, tmp_path / "ellipse", demo_root, progress=False, shared_dir=shared)[0].metrics
+    assert round_["recall"] < boxes["recall"] - 0.05  # the inscribed ellipse leaves the box corners out
+    assert len(list((shared / "masks").iterdir())) == 2  # one cache per generator identity
+    with pytest.raises(ConfigError, match=r"method: mask generator 'litemedsam'.*thresh"):
+        load_run_config(None, ["method.generator_options.thresh=0.1"])
+    with pytest.raises(ConfigError, match="unknown mask generator 'sam_vit_x'"):
+        load_run_config(None, ["method.generator=sam_vit_x"])

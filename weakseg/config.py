@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from weakseg.errors import ConfigError
 from weakseg.models.encoders import OFFLINE_ENCODER
@@ -51,6 +51,9 @@ class MethodConfig(Section):
     )
     weights: dict[str, float] = Field(default_factory=dict, description="loss weight per source (default 1)")
     generator: str = Field("litemedsam", description="box-prompted mask generator of the 'sam' source")
+    generator_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the generator (e.g. litemedsam: {threshold: 0.1})"
+    )
     boxes_from: Literal["dataset", "masks"] = Field(
         "dataset", description="boxes of the 'boxes' and 'sam' sources: the dataset's, or each object's mask box"
     )
@@ -72,6 +75,16 @@ class MethodConfig(Section):
         except ConfigError as err:
             raise ValueError(str(err)) from err
         return v
+
+    @model_validator(mode="after")
+    def _generator(self) -> MethodConfig:
+        from weakseg.sources.sam import check_generator_options  # a bad option fails before any work is done
+
+        try:
+            check_generator_options(self.generator, self.generator_options)
+        except ConfigError as err:
+            raise ValueError(str(err)) from err
+        return self
 
 
 class ClassifierConfig(Section):
@@ -193,6 +206,7 @@ SETTING_PATHS = {
     "epochs": "train.epochs",
     "round": "method.options.round",
     "generator": "method.generator",
+    "mask_threshold": "method.generator_options.threshold",
     "boxes_from": "method.boxes_from",
     "cam_method": "method.cam_method",
 }

@@ -126,7 +126,7 @@ def sam_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
     generated = prompted_masks(
         load_dataset(ctx.config, ctx.data_root, ds.train_split),
         names,
-        build_mask_generator(ctx.config.method.generator),
+        build_mask_generator(ctx.config.method.generator, **ctx.config.method.generator_options),
         ctx.shared_dir / "masks",
         ds.size,
         ds.fit,
@@ -207,16 +207,17 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
     if ctx.val is not None:
         labels = _SOURCES[sources[0]](ctx, ctx.val, True).labels
         val = ctx.val.with_masks(labels)
-    b = ctx.selection
+    b, method = ctx.selection, ctx.config.method
     key = {
         "sources": sources,
         "masks": digest(b.masks),
         "boxes": digest(b.boxes),
         "density": b.budget.density,
         "clicks": b.budget.clicks,
-        "generator": ctx.config.method.generator,
-        "boxes_from": ctx.config.method.boxes_from,
-        "cam": [ctx.config.method.cam_method, str(ctx.config.method.refine)],
+        "generator": method.generator,
+        **({"generator_options": method.generator_options} if method.generator_options else {}),
+        "boxes_from": method.boxes_from,
+        "cam": [method.cam_method, str(method.refine)],
     }
     results.append(train_and_test(ctx, ctx.train, key, val, targets, primary=sources[0]))
     return results

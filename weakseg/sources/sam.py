@@ -389,14 +389,19 @@ def list_mask_generators() -> list[str]:
     return sorted(_GENERATORS)
 
 
+def check_generator_options(name: str, options: dict[str, Any]) -> None:
+    """ConfigError unless ``name`` is a known generator that accepts ``options`` (by name; values are checked
+    when it is built)."""
+    if name not in _GENERATORS:
+        raise ConfigError(f"unknown mask generator '{name}'; known: {', '.join(list_mask_generators())}")
+    try:
+        inspect.signature(_GENERATORS[name]).bind(**options)
+    except TypeError as err:
+        raise ConfigError(f"mask generator '{name}': {err}") from err
+
+
 def build_mask_generator(name: str, **options: Any) -> MaskGenerator:
     """A mask generator by name: ``box`` (shape_kind, shrink), ``litemedsam`` (checkpoint, device, threshold),
     ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` (checkpoint, device)."""
-    if name not in _GENERATORS:
-        raise ConfigError(f"unknown mask generator '{name}'; known: {', '.join(list_mask_generators())}")
-    factory = _GENERATORS[name]
-    try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as err:
-        raise ConfigError(f"mask generator '{name}': {err}") from err
-    return factory(**options)
+    check_generator_options(name, options)
+    return _GENERATORS[name](**options)
