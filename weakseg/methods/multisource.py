@@ -215,6 +215,7 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
         "density": b.budget.density,
         "clicks": b.budget.clicks,
         "generator": method.generator,
+        # only when set, so runs without options keep the checkpoint digests they had before options existed
         **({"generator_options": method.generator_options} if method.generator_options else {}),
         "boxes_from": method.boxes_from,
         "cam": [method.cam_method, str(method.refine)],
