@@ -530,6 +530,22 @@ def test_prepared_split_is_cached_on_disk(demo_root, monkeypatch, tmp_path):
         prepare(ds, 32, fit="resize", progress=False)  # another fit is another cache entry
 
 
+def test_an_edited_mask_on_disk_is_never_served_from_the_cache(demo_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("WEAKSEG_CACHE", str(tmp_path / "cache"))
+    root = copy_demo(demo_root, tmp_path / "pets")
+    first = prepare(OxfordPet(root, split="test"), 32, progress=False)
+    name = first.names[0]
+    trimap = root / "annotations" / "trimaps" / f"{name}.png"
+    edited = np.full_like(cv2.imread(str(trimap), cv2.IMREAD_UNCHANGED), 2)  # all background now
+    cv2.imwrite(str(trimap), edited)
+    again = prepare(OxfordPet(root, split="test"), 32, progress=False)
+    assert again.fingerprint != first.fingerprint
+    assert (again.masks[0] == 0).all() and not (first.masks[0] == 0).all()
+    assert torch.equal(again.masks[1:], first.masks[1:])
+    unchanged = prepare(OxfordPet(root, split="test"), 32, progress=False)
+    assert unchanged.fingerprint == again.fingerprint and torch.equal(unchanged.masks, again.masks)
+
+
 def test_corrupt_cache_is_rebuilt(demo_root, monkeypatch, tmp_path):
     monkeypatch.setenv("WEAKSEG_CACHE", str(tmp_path))
     ds = OxfordPet(demo_root, split="test")

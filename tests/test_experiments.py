@@ -84,14 +84,15 @@ def test_run_only_one_row_then_resume_and_publish(tmp_path, demo_root):
     assert len(rows) == 1
     row = rows[0]
     assert row["setting"] == {"method": "full", "coverage": 50, "stage": "final"}
-    assert row["metrics"]["iou"]["n"] == 2 and 0 <= row["metrics"]["iou"]["mean"] <= 1
+    assert row["metrics"]["iou"]["n"] == 2 and row["seeds"] == [0, 1]
     results = json.loads((out / "results.json").read_text())
     assert results["experiment"] == "tiny" and results["rows"] == json.loads(json.dumps(rows))
     assert "| method | coverage | stage | iou |" in (out / "results.md").read_text()
-    budget = json.loads((out / "method-full_coverage-50" / "seed0" / "budget.json").read_text())
+    (row_dir,) = out.glob("method-full_coverage-50-*")
+    budget = json.loads((row_dir / "seed0" / "budget.json").read_text())
     assert budget["budget"]["coverage"] == 50 and len(budget["masks"]) == round(budget["images"] / 2)
 
-    finished = out / "method-full_coverage-50" / "seed1" / "metrics.json"
+    finished = row_dir / "seed1" / "metrics.json"
     stamp = finished.stat().st_mtime_ns
     publish = tmp_path / "docs"
     rows = run_experiment(spec, "/", out, only=["coverage=50"], publish_dir=publish, progress=False)
@@ -113,3 +114,133 @@ def test_list_settings_match_as_yaml_lists_or_as_results_write_them():
     for text in ("sources=[masks, sam]", "sources=[masks,sam]", "sources=masks,sam"):
         assert matches(setting, parse_only([text, "coverage=2.5"]))
     assert not matches(setting, parse_only(["sources=[masks]"]))
+
+
+def _row_dirs(out):
+    return sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "shared")
+
+
+def _stamps(out):
+    return {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.json")}
+
+
+def test_a_changed_config_value_reruns_that_row_only_and_old_runs_are_not_reported(tmp_path, demo_root):
+    parts = [
+        {"name": "a", "grid": {"coverage": [50]}},
+        {"name": "b", "set": {"train.lr": 0.001}, "grid": {"coverage": [100]}},
+    ]
+    path = write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts, seeds=[0])
+    out = tmp_path / "out"
+    run_experiment(load_spec(path), "/", out, progress=False)
+    before = _stamps(out)
+    assert len(before) == 2
+
+    # the same spec again: nothing re-runs
+    run_experiment(load_spec(path), "/", out, progress=False)
+    assert _stamps(out) == before
+
+    # a value outside the row settings (part b's learning rate) changes: b re-runs, a does not
+    parts[1]["set"]["train.lr"] = 0.002
+    path = write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts, seeds=[0])
+    rows = run_experiment(load_spec(path), "/", out, progress=False)
+    after = _stamps(out)
+    new = [p for p in after if p not in before]
+    assert len(new) == 1 and "coverage-100" in str(new[0])  # b ran again, in a folder of its new key
+    assert all(after[p] == before[p] for p in before)  # a was not redone; the old b run is still on disk ...
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["stale_runs"]) == 1 and "coverage-100" in results["stale_runs"][0]  # ... and not reported
+    assert [r["setting"]["coverage"] for r in rows] == [50, 100]
+    configs = [
+        json.loads(p.read_text())["train"]["lr"] for p in out.glob("method-full_coverage-100-*/seed0/config.json")
+    ]
+    assert sorted(configs) == [0.001, 0.002]
+
+
+def test_parts_differing_only_outside_row_settings_are_separate_rows(tmp_path, demo_root):
+    parts = [
+        {"name": "short", "set": {"train.lr": 0.001}, "grid": {"coverage": [100]}},
+        {"name": "long", "set": {"train.lr": 0.003}, "grid": {"coverage": [100]}},
+    ]
+    spec = load_spec(write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts, seeds=[0]))
+    rows = expand_rows(spec)
+    assert [r.setting["part"] for r in rows] == ["short", "long"]
+    table = run_experiment(spec, "/", tmp_path / "out", progress=False)
+    assert len(_row_dirs(tmp_path / "out")) == 2 and len(table) == 2
+    assert table[0]["metrics"]["iou"]["mean"] != table[1]["metrics"]["iou"]["mean"]
+
+
+def test_results_state_the_labels_each_row_consumed(tmp_path, demo_root):
+    spec = load_spec(write_spec(tmp_path / "s.yaml", demo_root, seeds=[0], grid={"coverage": [25]}))
+    (row,) = run_experiment(spec, "/", tmp_path / "out", progress=False)
+    (budget_file,) = (tmp_path / "out").glob("*/seed0/budget.json")
+    budget = json.loads(budget_file.read_text())
+    masks = len(budget["masks"])
+    assert masks == round(budget["images"] * 0.25)
+    labels = row["labels"]
+    # validation comes out of the budget: training and validation masks together are the budget's masks
+    assert labels["masks"] == masks and labels["boxes"] == labels["points"] == labels["tags"] == 0
+    assert labels["by_use"]["train"]["masks"] + labels["by_use"]["validation"]["masks"] == masks
+    assert labels["by_use"]["validation"]["masks"] == round(masks * 0.2)
+    assert (
+        "masks 12" in (tmp_path / "out" / "results.md").read_text()
+        or f"masks {masks}" in (tmp_path / "out" / "results.md").read_text()
+    )
+
+
+def test_validation_that_needs_more_masks_than_the_budget_is_refused(tmp_path, demo_root):
+    # 1 % of the 48 training images is one mask: holding out validation would leave none to train on
+    spec = load_spec(write_spec(tmp_path / "s.yaml", demo_root, seeds=[0], grid={"coverage": [1]}))
+    with pytest.raises(ConfigError, match="validation needs masks"):
+        run_experiment(spec, "/", tmp_path / "out", progress=False)
+
+
+def test_a_part_chooses_on_the_budgets_masks_never_on_test(tmp_path, demo_root):
+    # box labels drawn as filled rectangles or ellipses: chosen per seed by the Dice of the labels on the
+    # budget's 10 % masked training images, then the chosen one trains the segmenter
+    parts = [
+        {
+            "name": "boxes",
+            "set": {
+                "method": "sam",
+                "method.generator": "box",
+                "method.boxes_from": "masks",
+                "budget.boxes": 100,
+                "budget.coverage": 10,
+            },
+            "choose": {"among": {"method.generator_options.shape_kind": ["rect", "ellipse"]}, "by": "dev.dice"},
+        }
+    ]
+    path = write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts, seeds=[0])
+    out = tmp_path / "out"
+    (final, *others) = [r for r in run_experiment(load_spec(path), "/", out, progress=False)]
+    (choice,) = final["choices"]
+    scores = {s["method.generator_options.shape_kind"]: s["dev.dice"] for s in choice["scores"]}
+    assert choice["chosen"]["method.generator_options.shape_kind"] == max(scores, key=scores.get)
+
+    # the scores are the labels' Dice on the masked training images: recompute them independently
+    from weakseg.data import build_dataset
+    from weakseg.data.prepared import prepare
+    from weakseg.metrics import ConfusionMatrix
+    from weakseg.sources.boxes import box_masks, boxes_from_mask
+
+    budget_file = next(out.glob("*alternative-scored*/seed0/budget.json"))
+    dev = json.loads(budget_file.read_text())["masks"]
+    split = prepare(build_dataset("oxford_pet", demo_root, "trainval"), 64, progress=False)
+    rows = [split.names.index(n) for n in dev]
+    for shape, score in scores.items():
+        cm = ConfusionMatrix(2)
+        for i in rows:
+            truth = split.masks[i]
+            boxes = boxes_from_mask(truth.numpy())
+            label = box_masks([boxes], 64, shape)[0]
+            truth = truth.clone()
+            truth[label == 255] = 255
+            cm.update(label[None].clamp(max=1), truth[None])
+        assert score == pytest.approx(cm.compute()["dice"], abs=0.03)
+    # the chosen row says what the choice saw: the budget's masks as tuning labels
+    assert final["labels"]["by_use"]["tuning"]["masks"] == len(dev) == choice["saw"]["masks"]
+    assert (
+        final["setting"]["method.generator_options.shape_kind"]
+        == choice["chosen"]["method.generator_options.shape_kind"]
+    )
+    assert any(r["setting"]["stage"] == "final" for r in [final, *others])

@@ -304,3 +304,18 @@ def test_cache_key_follows_pixels_and_boxes_not_just_the_name(tmp_path):
     cache([image], [box + np.float32([0, 0, 100, 100])], ["a"])  # clipped to the same box: a hit
     cache([image + 1], [box], ["a"])  # another image under the same name: a miss
     assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_cache_folder_follows_the_options_and_the_code_version(tmp_path, monkeypatch):
+    from weakseg import identity
+
+    image, box = np.zeros((20, 30, 3), np.uint8), np.array([[2, 3, 20, 15]], np.float32)
+    rect = CachedMaskGenerator(BoxMaskGenerator("rect"), tmp_path)
+    ellipse = CachedMaskGenerator(BoxMaskGenerator("ellipse"), tmp_path)
+    assert rect.folder != ellipse.folder
+    rect([image], [box], ["a"])
+    monkeypatch.setitem(identity.CODE_VERSIONS, "generators", identity.CODE_VERSIONS["generators"] + 1)
+    newer = CachedMaskGenerator(BoxMaskGenerator("rect"), tmp_path)
+    assert newer.folder != rect.folder  # masks from older pre- or post-processing are not served
+    newer([image], [box], ["a"])
+    assert (newer.hits, newer.misses) == (0, 1)

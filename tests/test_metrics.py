@@ -251,3 +251,35 @@ def test_out_of_range_classes_are_rejected():
     target[0, 0, 0] = 2  # not a class of a binary task, not the ignore index
     with pytest.raises(ValueError):
         ConfusionMatrix(2).update(np.zeros_like(target), target)
+
+
+@settings(max_examples=60, deadline=None)
+@given(any_task)
+def test_pooled_metrics_match_scikit_learn(task):
+    """An independent implementation: scikit-learn's confusion matrix, Jaccard and F1 (= Dice) over the
+    non-ignored pixels of all images together."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    c, (pred, target) = task
+    cm = ConfusionMatrix(c)
+    cm.update(pred, target)
+    result = cm.compute()
+    valid = target != IGNORE_INDEX
+    if not valid.any():  # scikit-learn refuses empty inputs
+        assert not cm.matrix.any()
+        return
+    y_true, y_pred, labels = target[valid], pred[valid], list(range(c))
+    np.testing.assert_array_equal(cm.matrix, metrics.confusion_matrix(y_true, y_pred, labels=labels))
+    kw = {"labels": labels, "average": None, "zero_division": 0}
+    iou = metrics.jaccard_score(y_true, y_pred, **kw)
+    precision, recall, dice, _ = metrics.precision_recall_fscore_support(y_true, y_pred, **kw)
+    # scikit-learn writes 0 for 0/0; weakseg leaves the value undefined (NaN)
+    in_true, in_pred = np.isin(labels, y_true), np.isin(labels, y_pred)
+    precision[~in_pred], recall[~in_true] = np.nan, np.nan
+    iou[~(in_true | in_pred)], dice[~(in_true | in_pred)] = np.nan, np.nan
+    np.testing.assert_allclose(result["iou_per_class"], iou, rtol=1e-12, equal_nan=True)
+    expected = {"precision": precision, "recall": recall, "iou": iou, "dice": dice}
+    for key, per_class in expected.items():
+        value = per_class[1] if c == 2 else (np.nan if np.isnan(per_class).all() else np.nanmean(per_class))
+        np.testing.assert_allclose(result[key], value, rtol=1e-12, equal_nan=True, err_msg=key)
+    np.testing.assert_allclose(result["miou"], np.nanmean(iou), rtol=1e-12)  # some class is always defined here
+    assert result["accuracy"] == pytest.approx(metrics.accuracy_score(y_true, y_pred), rel=1e-12)

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from tests.synthetic import blob_split
+from weakseg.budget import Budget, point_masks
 from weakseg.config import RunConfig, TrainConfig, load_run_config
 from weakseg.data import build_dataset
-from weakseg.data.prepared import draw, iterate_batches
+from weakseg.data.prepared import draw, iterate_batches, prepare
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.errors import ConfigError
 from weakseg.losses import SoftCrossEntropy
@@ -205,7 +206,16 @@ def test_source_methods_end_to_end_on_the_demo_sample(tmp_path, demo_root):
     # one cached mask per trainval image with a head box: training images and validation images
     assert len(list((shared / "masks").rglob("*.png"))) == len(list(demo_root.glob("annotations/xmls/*.xml")))
     points = run(_config(name="points"), tmp_path / "points", demo_root, progress=False, shared_dir=shared)
-    assert [r.stage for r in points] == ["final"] and 0 <= points[0].metrics["iou"] <= 1
+    assert [r.stage for r in points] == ["final"]
+    # points only: training and validation both spend points, never a mask; the count is every labelled pixel
+    labels = json.loads((tmp_path / "points" / "labels.json").read_text())
+    assert labels["masks"] == 0 and labels["by_use"]["validation"] == {
+        "points": labels["by_use"]["validation"]["points"]
+    }
+    train_full = prepare(build_dataset("oxford_pet", demo_root, "trainval"), 64, progress=False)
+    budget = Budget(density=5.0, seed=0)
+    expected = int((point_masks(train_full.masks, train_full.names, budget) != IGNORE_INDEX).sum())
+    assert labels["points"] == expected and labels["images"]["points"] == len(train_full)
     multi = _config(name="multi", sources=["cam", "masks", "sam"], generator="box", weights={"cam": 0.5})
     results = run(multi, tmp_path / "multi", demo_root, progress=False, shared_dir=shared)
     assert [r.stage for r in results] == ["final"]
@@ -213,6 +223,13 @@ def test_source_methods_end_to_end_on_the_demo_sample(tmp_path, demo_root):
         assert [row["heads"] for row in csv.DictReader(fh)] == ["masks+cam+sam", "masks"]
     budget = json.loads((tmp_path / "multi" / "budget.json").read_text())
     assert len(budget["masks"]) == round(0.25 * budget["images"])
+    # masks for training and validation are the budget's masks, no more; boxes are the dataset's head boxes
+    labels = json.loads((tmp_path / "multi" / "labels.json").read_text())
+    assert labels["masks"] == len(budget["masks"]) and labels["by_use"]["validation"]["masks"] >= 1
+    boxed = {p.stem for p in demo_root.glob("annotations/xmls/*.xml")}  # one head box each; validation uses masks
+    assert labels["boxes"] == len(boxed - set(budget["validation"])) and set(budget["validation"]) <= set(
+        budget["masks"]
+    )
     picture = cv2.imread(str(tmp_path / "multi" / "source_examples.png"))
     assert picture.shape[1] == 5 * picture.shape[0] // 6  # image, 3 sources, ground truth; 6 rows
     checkpoint = torch.load(tmp_path / "multi" / "best.pt", weights_only=False)

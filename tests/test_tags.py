@@ -16,6 +16,7 @@ from weakseg.classify import evaluate_classifier, random_resized_crop, train_cla
 from weakseg.cli import app
 from weakseg.config import CamConfig, ClassifierConfig, RunConfig
 from weakseg.data import build_dataset
+from weakseg.errors import ConfigError
 from weakseg.evaluate import evaluate_mask_folder
 from weakseg.metrics import ConfusionMatrix
 from weakseg.models.classifier import build_classifier, load_classifier
@@ -130,7 +131,11 @@ def test_tags_method_end_to_end_reuses_shared_artefacts(tmp_path, tagged):
     stages = {r.stage: r.metrics for r in results}
     assert set(stages) == {"pseudo", "final"}
     assert stages["pseudo"]["iou"] > 0.3  # otsu on the blob CAMs finds the blobs, roughly
-    assert 0 <= stages["final"]["iou"] <= 1 and stages["final"]["classifier_accuracy"] >= 0.5
+    assert stages["final"]["classifier_accuracy"] >= 0.5
+    # tags only: the classifier saw every training image's tags, validation the held-out images' tags; no mask
+    labels = json.loads((tmp_path / "a" / "labels.json").read_text())
+    assert labels["masks"] == 0 and labels["tags"] == len(tagged)
+    assert labels["by_use"]["validation"] == {"tags": round(0.2 * len(tagged))}
     assert (tmp_path / "a" / "pseudo_examples.png").is_file()
     kinds = {p.parent.name for p in shared.rglob("*.pt")}
     assert kinds == {"classifier", "cams", "pseudo"}
@@ -168,6 +173,31 @@ def test_pseudo_label_dataset_streams_resumes_and_scores(tmp_path, demo_root):
     assert 0 < metrics["iou"] < 1
 
 
+def test_pseudo_label_folder_made_with_other_settings_is_refused_or_replaced(tmp_path, demo_root):
+    dataset = build_dataset("oxford_pet", demo_root, "test")
+    torch.manual_seed(0)
+    model = build_classifier("tf_efficientnet_lite0", len(dataset.tag_classes)).eval()
+    out = tmp_path / "pseudo"
+    pseudo_label_dataset(dataset, model, out, "gradcam", "otsu", size=64, soft=False, workers=1, progress=False)
+    first = {p.name: p.read_bytes() for p in (out / "masks").iterdir()}
+    with pytest.raises(ConfigError, match=r"other settings \(method\)"):
+        pseudo_label_dataset(dataset, model, out, "gradcam++", "otsu", size=64, soft=False, workers=1, progress=False)
+    assert {p.name: p.read_bytes() for p in (out / "masks").iterdir()} == first  # nothing lost
+    with torch.no_grad():  # other classifier weights are other settings too
+        next(model.parameters()).add_(0.01)
+    with pytest.raises(ConfigError, match="classifier"):
+        pseudo_label_dataset(dataset, model, out, "gradcam", "otsu", size=64, soft=False, workers=1, progress=False)
+    report = pseudo_label_dataset(
+        dataset, model, out, "gradcam", "threshold", size=64, soft=False, workers=1, progress=False, overwrite=True
+    )
+    assert (report.written, report.skipped) == (len(dataset), 0)  # every mask made again, none kept from before
+    fresh = tmp_path / "fresh"
+    pseudo_label_dataset(dataset, model, fresh, "gradcam", "threshold", size=64, soft=False, workers=1, progress=False)
+    assert {p.name: p.read_bytes() for p in (out / "masks").iterdir()} == {
+        p.name: p.read_bytes() for p in (fresh / "masks").iterdir()
+    }
+
+
 def test_cli_train_classifier_pseudo_label_and_evaluate(tmp_path, demo_root):
     runner = CliRunner()
     config = tmp_path / "c.yaml"
@@ -184,7 +214,15 @@ def test_cli_train_classifier_pseudo_label_and_evaluate(tmp_path, demo_root):
     args = ["evaluate", "--pred-dir", str(out / "masks"), "--root", str(demo_root), "--split", "test"]
     result = runner.invoke(app, [*args, "--json", str(scores)])
     assert result.exit_code == 0, result.output
-    assert 0 <= json.loads(scores.read_text())["iou"] <= 1
+    # the CLI's score equals an independent count over the written PNGs and the trimaps (1 pet, 2 background)
+    inter = union = 0
+    for mask_file in (out / "masks").glob("*.png"):
+        predicted = cv2.imread(str(mask_file), 0) > 127
+        trimap = cv2.imread(str(demo_root / "annotations" / "trimaps" / mask_file.name), cv2.IMREAD_UNCHANGED)
+        known = trimap != 3
+        inter += int((predicted & (trimap == 1) & known).sum())
+        union += int(((predicted | (trimap == 1)) & known).sum())
+    assert json.loads(scores.read_text())["iou"] == pytest.approx(inter / union, abs=1e-6)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,49 +20,108 @@ from weakseg.config import TrainConfig
 from weakseg.data.prepared import PreparedSplit
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.models import build_model
-from weakseg.runtime import configure_threads, pick_device
+from weakseg.runtime import autocast, configure_threads, pick_device
 from weakseg.train import fit
+
+MEMORY_FORMAT = "channels_last"  # weakseg's fit puts the model and every batch in it; the bare loop does the same
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def bare_smp_loop(
-    split: PreparedSplit, encoder: str, batch_size: int, epochs: int, device: torch.device, seed: int = 0
-) -> float:
-    """Images/s of the plainest loop: smp U-Net, tensors already in memory, Adam, CE, horizontal flips."""
+    split: PreparedSplit,
+    encoder: str,
+    batch_size: int,
+    epochs: int,
+    device: torch.device,
+    out_dir: Path,
+    seed: int = 0,
+    amp: bool = True,
+) -> int:
+    """The plainest loop doing the work of weakseg's ``fit``; returns the number of images trained on.
+
+    smp U-Net (``tu-<encoder>``, random init, 2 classes), model and batches in channels-last memory format, the
+    whole split preloaded on the device and normalised once (its one shortcut: weakseg converts each uint8 batch
+    and normalises inside the model), a random order per epoch, batches of ``batch_size`` (a last batch of one
+    image skipped, as ``fit`` does), each image of a batch flipped horizontally with probability 0.5, CE over
+    known pixels, Adam 1e-3, mixed precision on CUDA as ``fit`` (``amp``); the mean loss kept per epoch and a
+    checkpoint (model + optimizer state, ``torch.save``) written to ``out_dir`` after every epoch."""
     torch.manual_seed(seed)
-    model = smp.Unet(f"tu-{encoder}", encoder_weights=None, classes=2).to(device).train()
+    model = smp.Unet(f"tu-{encoder}", encoder_weights=None, classes=2)
+    model = model.to(device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images = ((split.images.float() / 255 - 0.5) / 0.5).to(device)
-    masks = split.masks.long().to(device)
-    seen, started = 0, time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(len(split))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp and not torch.cuda.is_bf16_supported())
+    images = ((split.images.to(device).float() / 255 - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
+    masks = split.masks.to(device).long()
+    seen = 0
+    for epoch in range(epochs):
+        order, total, count = torch.randperm(len(split)), 0.0, 0
         for start in range(0, len(split), batch_size):
             index = order[start : start + batch_size]
-            if len(index) < 2:
-                continue
-            x, y = images[index], masks[index]
-            if torch.rand(()) < 0.5:
-                x, y = x.flip(-1), y.flip(-1)
-            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            seen += len(index)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return seen / (time.perf_counter() - started)
+            if len(index) < 2 and len(split) > 1:
+                break
+            x, y = images[index.to(device)], masks[index.to(device)]
+            flip = (torch.rand(len(index)) < 0.5).to(device)
+            x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total, count = total + loss.item() * len(index), count + len(index)
+        seen += count
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        torch.save(state | {"loss": total / max(count, 1)}, out_dir / "last.pt")
+    return seen
 
 
 def weakseg_loop(
-    split: PreparedSplit, encoder: str, batch_size: int, epochs: int, device: torch.device, seed: int = 0
-) -> float:
-    """Images/s of weakseg's ``fit`` (training phase of each epoch: batching, augmentation, logging)."""
+    split: PreparedSplit,
+    encoder: str,
+    batch_size: int,
+    epochs: int,
+    device: torch.device,
+    out_dir: Path,
+    seed: int = 0,
+    amp: bool = True,
+) -> int:
+    """weakseg's whole ``fit`` call (setup, epochs, progress bar, log.csv, ``best.pt`` and ``last.pt`` written
+    every epoch, the best weights loaded back at the end) on a fresh ``build_model('unet', encoder)``; returns
+    the number of images the model trained on (counted by a forward pre-hook in training mode)."""
+    torch.manual_seed(seed)
     model = build_model("unet", encoder, 2, weights=None)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, loss="ce", augment=["hflip"], progress=True)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, loss="ce", augment=["hflip"], amp=amp, progress=True)
+    seen = [0]
+
+    def count(module: torch.nn.Module, inputs: tuple) -> None:
+        if module.training:
+            seen[0] += len(inputs[0])
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the progress bar still runs; stdout keeps one JSON line
+            fit(model, split, None, config, out_dir, device, seed=seed, resume=False)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+TRAIN_SIDES = {"bare": bare_smp_loop, "weakseg": weakseg_loop}
+
+
+def _timed_side(side: str, split: PreparedSplit, encoder: str, batch_size: int, epochs: int, dev, seed: int):
+    """(images trained on, wall seconds) of one whole call of a side, in a fresh temporary folder."""
     with tempfile.TemporaryDirectory() as tmp:
-        result = fit(model, split, None, config, Path(tmp), device, seed=seed, resume=False)
-    seen = sum(r["images_per_s"] * r["seconds"] for r in result.history)
-    return seen / sum(r["seconds"] for r in result.history)
+        _sync(dev)
+        started = time.perf_counter()
+        seen = TRAIN_SIDES[side](split, encoder, batch_size, epochs, dev, Path(tmp), seed=seed)
+        _sync(dev)
+        return seen, time.perf_counter() - started
 
 
 def bench_train(
@@ -68,29 +129,57 @@ def bench_train(
     encoder: str,
     batch_size: int = 16,
     epochs: int = 1,
-    repeats: int = 2,
+    repeats: int = 3,
     device: str = "auto",
+    warmup_batches: int = 2,
 ) -> dict[str, Any]:
-    """Alternate the two loops ``repeats`` times on the same data, model and batch; report medians."""
+    """weakseg's ``fit`` against the bare loop of :func:`bare_smp_loop`, doing the same work: same images,
+    model (U-Net, ``encoder``, random init), batch size, CE loss, per-image horizontal flips, epochs and
+    channels-last memory format (model and inputs, both sides), and a checkpoint written after every epoch.
+
+    Each side is timed by the wall clock around its whole call, from building the model to the last
+    checkpoint written (weakseg: ``build_model`` + the whole ``fit`` call, which writes ``best.pt`` and
+    ``last.pt`` each epoch, a log.csv and a progress bar, and reloads ``best.pt``; bare: the model, the
+    preloaded tensors, the loop and one ``last.pt`` per epoch). Throughput = images trained on / those seconds.
+    Before timing, each side runs once untimed (one epoch on ``warmup_batches`` batches). Then ``repeats``
+    pairs, the order alternating (bare, weakseg; weakseg, bare; ...) so a drift in machine load hits both
+    sides alike; each pair has its own seed. ``ratio`` is the median of the per-pair ratios weakseg / bare."""
     configure_threads()
     dev = pick_device(device)
-    bare, ours = [], []
-    for r in range(repeats):
-        bare.append(bare_smp_loop(split, encoder, batch_size, epochs, dev, seed=r))
-        ours.append(weakseg_loop(split, encoder, batch_size, epochs, dev, seed=r))
-    b, w = statistics.median(bare), statistics.median(ours)
+    warm = split.subset(range(min(len(split), warmup_batches * batch_size)))
+    for side in TRAIN_SIDES:
+        _timed_side(side, warm, encoder, batch_size, 1, dev, seed=0)
+    runs: dict[str, list[tuple[int, float]]] = {"bare": [], "weakseg": []}
+    orders = []
+    for pair in range(repeats):
+        order = ["bare", "weakseg"] if pair % 2 == 0 else ["weakseg", "bare"]
+        orders.append(order)
+        for side in order:
+            runs[side].append(_timed_side(side, split, encoder, batch_size, epochs, dev, seed=pair))
+    speed = {side: [seen / seconds for seen, seconds in values] for side, values in runs.items()}
+    pair_ratios = [round(w / b, 3) for w, b in zip(speed["weakseg"], speed["bare"], strict=True)]
     return {
         "bench": "train",
         "device": str(dev),
         "images": len(split),
         "size": split.size,
         "batch_size": batch_size,
+        "epochs": epochs,
         "encoder": encoder,
-        "bare_smp_img_s": round(b, 2),
-        "weakseg_img_s": round(w, 2),
-        "ratio": round(w / b, 3),
-        "bare_runs": [round(v, 2) for v in bare],
-        "weakseg_runs": [round(v, 2) for v in ours],
+        "memory_format": f"{MEMORY_FORMAT} (model and inputs, both sides)",
+        "timed": "wall clock of each whole call: model build, setup, epochs, per-epoch checkpoints",
+        "warmup": {"images": len(warm), "epochs": 1, "timed": False},
+        "pairs": repeats,
+        "orders": [",".join(order) for order in orders],
+        "ratio": round(statistics.median(pair_ratios), 3),
+        "pair_ratios": pair_ratios,
+        "bare_smp_img_s": round(statistics.median(speed["bare"]), 2),
+        "weakseg_img_s": round(statistics.median(speed["weakseg"]), 2),
+        "bare_runs": [round(v, 2) for v in speed["bare"]],
+        "weakseg_runs": [round(v, 2) for v in speed["weakseg"]],
+        "bare_seconds": [round(s, 2) for _, s in runs["bare"]],
+        "weakseg_seconds": [round(s, 2) for _, s in runs["weakseg"]],
+        "images_seen": {side: [seen for seen, _ in values] for side, values in runs.items()},
     }
 
 
@@ -105,14 +194,22 @@ GRADCAM_ORACLES = {
 }
 
 
-def _timed(fn, images: torch.Tensor, batch_size: int, device: torch.device) -> tuple[float, list]:
-    """Images/s of ``fn(batch)`` over all images, and its outputs."""
-    outputs, started = [], time.perf_counter()
-    for start in range(0, len(images), batch_size):
-        outputs.append(fn(images[start : start + batch_size].to(device).float().div_(255), start))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def _timed(run, images: torch.Tensor, batch_size: int, device: torch.device) -> tuple[float, list]:
+    """Images/s of ``with run() as fn: fn(batch, start)`` over all images (setting up ``fn`` included), and
+    its outputs."""
+    started = time.perf_counter()
+    with run() as fn:
+        outputs = [
+            fn(images[start : start + batch_size].to(device).float().div_(255), start)
+            for start in range(0, len(images), batch_size)
+        ]
+        _sync(device)
     return len(images) / (time.perf_counter() - started), outputs
+
+
+def _layer_names(model: torch.nn.Module, layers: list[torch.nn.Module]) -> list[str]:
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names.get(id(layer), type(layer).__name__) for layer in layers]
 
 
 def bench_cam(
@@ -123,57 +220,83 @@ def bench_cam(
     batch_size: int = 32,
     repeats: int = 3,
     device: str = "auto",
+    layers: list[str] | None = None,
 ) -> dict[str, Any]:
     """Throughput of weakseg's CAM, pytorch-grad-cam's same method and a plain forward pass, on the same model,
-    images (uint8 N x 3 x S x S) and batches, alternated ``repeats`` times (medians); the largest difference
-    between weakseg's and pytorch-grad-cam's maps."""
+    images (uint8 N x 3 x S x S), batches and target layers (``layers``: module names such as
+    ``net.blocks.5``; None: the method's default, the last feature block), and the largest difference between
+    weakseg's and pytorch-grad-cam's maps.
+
+    Each method runs once on one batch untimed (warm-up: allocator, kernels, weakseg's first-call probe of the
+    fast path), then ``repeats`` times over all images, the order alternating (forward, weakseg, grad-cam;
+    grad-cam, weakseg, forward; ...). A timed run includes creating the method's object (hooks), which exist
+    only while it runs, and weakseg's one probe on its first batch (as in ``weakseg.sources.cam``, one object
+    per image set). Reported: medians, and the per-repeat ratios with their median.
+
+    Several layers are combined alike on both sides (pytorch-grad-cam's ``aggregate_multi_layers``, weakseg's
+    ``fuse_maps``): per layer ReLU, min-max normalise, upsample bilinearly to the input; then the mean over
+    layers, normalised again. With several layers (or any layer whose output is not ``forward_features``)
+    weakseg cannot take its head-only gradient path and back-propagates through the backbone to the layers."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from weakseg.cams import build_cam, default_target_layers
+    from weakseg.sources.cam import resolve_layers
 
     configure_threads()
     dev = pick_device(device)
     model = model.to(dev).eval()
-    layers = default_target_layers(model)
+    modules = resolve_layers(model, layers) or default_target_layers(model)
     oracle_cls = getattr(pytorch_grad_cam, GRADCAM_ORACLES[method])
 
     def forward(x: torch.Tensor, start: int) -> None:
         with torch.no_grad():
             model(x)
 
-    def ours(x: torch.Tensor, start: int) -> torch.Tensor:
-        return cam(x, targets[start : start + len(x)])
+    @contextlib.contextmanager
+    def ours():
+        with build_cam(method, model, modules) as cam:
+            yield lambda x, start: cam(x, targets[start : start + len(x)])
 
-    def oracle(x: torch.Tensor, start: int):
-        return reference(x, [ClassifierOutputTarget(t) for t in targets[start : start + len(x)]])
+    @contextlib.contextmanager
+    def oracle():
+        with oracle_cls(model=model, target_layers=modules) as reference:
+            yield lambda x, start: reference(x, [ClassifierOutputTarget(t) for t in targets[start : start + len(x)]])
 
-    speeds: dict[str, list[float]] = {"forward": [], "weakseg": [], "gradcam": []}
-    diff = 0.0
-    _timed(forward, images[:batch_size], batch_size, dev)  # warm-up (allocator, kernels)
-    for _ in range(repeats):  # each method's hooks exist only while it is timed
-        speeds["forward"].append(_timed(forward, images, batch_size, dev)[0])
-        with build_cam(method, model, layers) as cam:
-            speed, maps = _timed(ours, images, batch_size, dev)
-        speeds["weakseg"].append(speed)
-        with oracle_cls(model=model, target_layers=layers) as reference:
-            speed, reference_maps = _timed(oracle, images, batch_size, dev)
-        speeds["gradcam"].append(speed)
-        for a, b in zip(maps, reference_maps, strict=True):
+    runs = {"forward": lambda: contextlib.nullcontext(forward), "weakseg": ours, "gradcam": oracle}
+    speeds: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():  # warm-up of each method
+        _timed(run, images[:batch_size], batch_size, dev)
+    diff, orders = 0.0, []
+    for r in range(repeats):
+        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+        orders.append(",".join(order))
+        outputs = {}
+        for name in order:
+            speed, outputs[name] = _timed(runs[name], images, batch_size, dev)
+            speeds[name].append(speed)
+        for a, b in zip(outputs["weakseg"], outputs["gradcam"], strict=True):
             diff = max(diff, float((a.cpu() - torch.from_numpy(b)).abs().max()))
+    vs_gradcam = [round(w / g, 3) for w, g in zip(speeds["weakseg"], speeds["gradcam"], strict=True)]
+    vs_forward = [round(w / f, 3) for w, f in zip(speeds["weakseg"], speeds["forward"], strict=True)]
     median = {k: statistics.median(v) for k, v in speeds.items()}
     return {
         "method": method,
+        "layers": _layer_names(model, modules),
         "weakseg_img_s": round(median["weakseg"], 2),
         "gradcam_img_s": round(median["gradcam"], 2),
         "forward_img_s": round(median["forward"], 2),
         "max_abs_diff": diff,
-        "vs_gradcam": round(median["weakseg"] / median["gradcam"], 3),
-        "vs_forward": round(median["weakseg"] / median["forward"], 3),
+        "vs_gradcam": round(statistics.median(vs_gradcam), 3),
+        "vs_forward": round(statistics.median(vs_forward), 3),
+        "repeat_vs_gradcam": vs_gradcam,
+        "repeat_vs_forward": vs_forward,
         "device": str(dev),
         "images": len(images),
         "size": int(images.shape[-1]),
         "batch_size": batch_size,
+        "warmup": {"batches": 1, "timed": False},
+        "orders": orders,
         "runs": {k: [round(s, 2) for s in v] for k, v in speeds.items()},
     }
 

@@ -17,6 +17,7 @@ import torch
 
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.io import write_json
+from weakseg.labels import LabelLedger
 
 POINT_MODES = ("uniform", "balanced")
 
@@ -59,11 +60,23 @@ class BudgetSelection:
     boxes: list[str] = field(default_factory=list)
     images: int = 0
 
-    def save(self, path: str | Path) -> None:
-        write_json(
-            path,
-            {"budget": asdict(self.budget), "images": self.images, "masks": self.masks, "boxes": self.boxes},
+    def images_with(self, kind: str, names: list[str]) -> list[str]:
+        """The images among ``names`` that the budget gives ``kind`` labels to (points and tags: every image
+        when the budget has them)."""
+        allowed = self.ledger().allowed[kind]
+        return list(names) if allowed is None else [n for n in names if n in allowed]
+
+    def ledger(self) -> LabelLedger:
+        """An empty ledger that accepts exactly the labels this selection gives."""
+        has_points = self.budget.density is not None or self.budget.clicks is not None
+        return LabelLedger(
+            {"masks": set(self.masks), "boxes": set(self.boxes), "points": None if has_points else set(), "tags": None}
         )
+
+    def save(self, path: str | Path, validation: list[str] | None = None) -> None:
+        """Write the selection (and the images held out for validation, when given) as JSON."""
+        data = {"budget": asdict(self.budget), "images": self.images, "masks": self.masks, "boxes": self.boxes}
+        write_json(path, data | ({"validation": validation} if validation is not None else {}))
 
 
 def select(budget: Budget, names: list[str]) -> BudgetSelection:

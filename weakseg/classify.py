@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from weakseg.config import ClassifierConfig
 from weakseg.data.prepared import PreparedSplit
 from weakseg.data.transforms import flip_batch
 from weakseg.errors import ConfigError
+from weakseg.identity import digest
 from weakseg.io import atomic_path
 from weakseg.models.classifier import Classifier
 from weakseg.runtime import seed_everything
@@ -110,8 +109,7 @@ def evaluate_classifier(model: Classifier, split: PreparedSplit, device: torch.d
 
 
 def _digest(config: ClassifierConfig, extra: dict[str, Any]) -> str:
-    ident = config.model_dump() | extra  # epochs included: the cosine schedule depends on them
-    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(config.model_dump() | extra)  # epochs included: the cosine schedule depends on them
 
 
 def train_classifier(

@@ -177,9 +177,12 @@ def pseudo_label_cmd(
     overlays: Annotated[bool, typer.Option(help="Also write heatmap + mask pictures (overlays/).")] = False,
     workers: Annotated[int | None, typer.Option(help="Processes for refinement (default: all cores).")] = None,
     batch_size: Annotated[int, typer.Option(help="CAM batch size.")] = 32,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace pseudo-labels that --out holds from other settings (default: refuse).")
+    ] = False,
 ) -> None:
     """Pseudo-masks from image tags: CAM -> refinement -> one PNG per image (0/255, native size). Streams
-    over the dataset and skips images already done, so an interrupted run resumes."""
+    over the dataset and skips images already done with the same settings, so an interrupted run resumes."""
     from weakseg.config import CamConfig
     from weakseg.data import build_dataset
     from weakseg.models.classifier import load_classifier
@@ -204,6 +207,7 @@ def pseudo_label_cmd(
         overlays=overlays,
         workers=workers,
         device=device,
+        overwrite=overwrite,
     )
     console.print(f"wrote {report.written} masks, {report.skipped} already done: {out / 'masks'}")
     console.print(
@@ -293,9 +297,10 @@ def bench_train_cmd(
     size: Annotated[int, typer.Option(help="Input size.")] = 160,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 16,
     epochs: Annotated[int, typer.Option(help="Epochs per timed run.")] = 1,
-    repeats: Annotated[int, typer.Option(help="Alternating repeats of both loops.")] = 2,
+    repeats: Annotated[int, typer.Option(help="Timed pairs of runs, the order alternating.")] = 3,
 ) -> None:
-    """Training throughput of weakseg's loop against a bare smp loop, same model, data and batch."""
+    """Training throughput of weakseg's whole fit call against a bare smp loop doing the same work (same model,
+    data, batch, loss, flips, channels-last format, a checkpoint per epoch); per-pair ratios and their median."""
     from weakseg.bench import bench_train
     from weakseg.data import build_dataset
     from weakseg.data.prepared import prepare
@@ -323,8 +328,17 @@ def bench_cam_cmd(
     size: Annotated[int, typer.Option(help="Input size.")] = 160,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     repeats: Annotated[int, typer.Option(help="Alternating repeats (medians reported).")] = 3,
+    layers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layers",
+            help="Target layer by module name, repeatable or comma-separated (net.blocks.5,net.bn2); "
+            "default: the method's (the last feature block).",
+        ),
+    ] = None,
 ) -> None:
-    """CAM throughput: weakseg vs pytorch-grad-cam vs a plain forward pass, same model, images and batch."""
+    """CAM throughput: weakseg vs pytorch-grad-cam vs a plain forward pass, same model, images, batch and
+    target layers."""
     from weakseg.bench import bench_cam
     from weakseg.models.classifier import build_classifier, load_classifier
 
@@ -338,7 +352,9 @@ def bench_cam_cmd(
         torch.manual_seed(0)
         model = build_classifier(encoder, len(split_data.tag_classes))
     targets = [labels[0] for labels in split_data.labels[:count]]
-    print(json.dumps(bench_cam(model, split_data.images[:count], targets, method, batch_size, repeats)))
+    names = [name.strip() for item in layers or [] for name in item.split(",") if name.strip()] or None
+    result = bench_cam(model, split_data.images[:count], targets, method, batch_size, repeats, layers=names)
+    print(json.dumps(result))
 
 
 @bench_app.command("refine")

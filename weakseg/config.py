@@ -60,6 +60,11 @@ class MethodConfig(Section):
     cam_method: str = Field("gradcam", description="CAM method of the 'cam' source (soft maps unless refine is set)")
     refine: str | list[Any] | None = None
     segmenter: bool = Field(True, description="train a segmenter on the pseudo-labels (false: their quality only)")
+    dev: bool = Field(
+        False,
+        description="also score the weak labels on the budget's masked training images (stage 'dev': a development "
+        "subset that settings may be chosen on; its masks count as tuning use)",
+    )
     refine_size: int | None = Field(
         None, description="image size the refinement runs at (more detail for GrabCut/CRF); None: dataset.size"
     )
@@ -147,6 +152,12 @@ class TrainConfig(Section):
     monitor: str = "iou"
     lr_factor: float = Field(0.5, gt=0, lt=1)
     patience: int = Field(3, ge=0)
+    early_stop: int | None = Field(
+        None,
+        ge=1,
+        description="stop once the validation `monitor` score has not improved for this many epochs (`epochs` "
+        "stays the upper bound); needs a validation split. None: train all `epochs`",
+    )
     amp: bool = True
     device: str = "auto"
     eval_batch_size: int = Field(32, ge=1)
@@ -165,13 +176,52 @@ class RunConfig(Section):
     seed: int = 0
 
 
+CHOICE_STAGES = ("dev", "val")
+
+
+class ChoiceSpec(Section):
+    """Settings a part chooses per row and seed among alternatives, never on the test split.
+
+    ``by: dev.<metric>`` scores each alternative's weak labels on the budget's masked training images (the runs
+    set ``method.dev``; those masks count as tuning labels); ``by: val.<metric>`` trains each alternative and
+    compares the validation score of its kept checkpoint (the validation split comes out of the budget)."""
+
+    among: dict[str, list[Any]] = Field(description="row settings or config paths -> alternatives (every combination)")
+    by: str = Field("dev.iou", description="'dev.<metric>' or 'val.<metric>' (iou, dice, ...), higher is better")
+
+    @field_validator("among")
+    @classmethod
+    def _among(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not v or any(not values for values in v.values()):
+            raise ValueError("choose.among needs at least one setting with at least one alternative")
+        return v
+
+    @field_validator("by")
+    @classmethod
+    def _by(cls, v: str) -> str:
+        stage, _, metric = v.partition(".")
+        if stage not in CHOICE_STAGES or not metric:
+            raise ValueError(f"choose.by must be 'dev.<metric>' or 'val.<metric>' (never the test split), not '{v}'")
+        return v
+
+    @property
+    def stage(self) -> str:
+        return self.by.partition(".")[0]
+
+    @property
+    def metric(self) -> str:
+        return self.by.partition(".")[2]
+
+
 class PartSpec(Section):
-    """One block of rows in an experiment: overrides applied to the spec, a grid, and optionally own seeds."""
+    """One block of rows in an experiment: overrides applied to the spec, a grid, optionally own seeds, and
+    settings chosen among alternatives on the training split (``choose``)."""
 
     name: str = ""
     set: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     seeds: list[int] | None = None
+    choose: ChoiceSpec | None = None
 
 
 SPEC_ONLY_KEYS = ("name", "description", "seeds", "grid", "parts")

@@ -16,6 +16,7 @@ from weakseg.data.base import SegmentationDataset
 from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
 from weakseg.io import write_json
+from weakseg.labels import LabelLedger
 from weakseg.runtime import configure_threads, pick_device
 
 
@@ -35,7 +36,7 @@ class RunContext:
 
     ``train`` and ``val`` are the seeded partition of ``train_full`` (the whole training split).
     ``shared_dir`` holds artefacts that several runs reuse (classifiers, CAMs, pseudo-labels), keyed by
-    what produced them.
+    what produced them. ``ledger`` records every label the method uses (and refuses one outside the budget).
     """
 
     config: RunConfig
@@ -49,17 +50,21 @@ class RunContext:
     shared_dir: Path
     data_root: Path = Path(".")
     progress: bool = True
+    ledger: LabelLedger = field(default_factory=lambda: LabelLedger({}))
 
 
 Method = Callable[[RunContext], list[StageResult]]
-_METHODS: dict[str, Method] = {}
+PrimaryLabels = Callable[[RunConfig], str]
+"""config -> the kind of label (``masks``, ``boxes``, ``points``, ``tags``) a method's validation split uses."""
+_METHODS: dict[str, tuple[Method, PrimaryLabels]] = {}
 
 
-def register_method(name: str) -> Callable[[Method], Method]:
-    """Decorator: make a training recipe available as ``method: <name>`` in configs."""
+def register_method(name: str, primary: PrimaryLabels) -> Callable[[Method], Method]:
+    """Decorator: make a training recipe available as ``method: <name>`` in configs; ``primary`` names the kind
+    of label it validates on, so that the validation images come out of the budget's images with that label."""
 
     def wrap(fn: Method) -> Method:
-        _METHODS[name] = fn
+        _METHODS[name] = (fn, primary)
         return fn
 
     return wrap
@@ -89,11 +94,29 @@ def load_splits(config: RunConfig, data_root: str | Path, progress: bool = True)
     )
 
 
-def holdout(split: PreparedSplit, fraction: float, seed: int) -> tuple[PreparedSplit, PreparedSplit | None]:
-    """Split off a seeded validation fraction of the training images."""
+BUDGET_SETTINGS = {"masks": "budget.coverage", "boxes": "budget.boxes", "points": "budget.density or budget.clicks"}
+
+
+def holdout(
+    split: PreparedSplit, fraction: float, seed: int, pool: list[str] | None = None, kind: str = "masks"
+) -> tuple[PreparedSplit, PreparedSplit | None]:
+    """Split off a seeded validation ``fraction`` of ``pool`` (the training images the budget gives the method's
+    primary ``kind`` of label to; default every image), so that validation spends labels of the budget only."""
     if fraction <= 0:
         return split, None
-    val_names = set(choose_subset(split.names, fraction * 100, seed, "validation"))
+    pool = list(split.names) if pool is None else pool
+    if not pool:
+        setting = BUDGET_SETTINGS.get(kind, "the budget")
+        raise ConfigError(
+            f"validation needs {kind} and the budget gives none: set {setting}, or dataset.val_fraction: 0"
+        )
+    val_names = set(choose_subset(pool, fraction * 100, seed, "validation"))
+    if len(pool) - len(val_names) < 1:
+        raise ConfigError(
+            f"validation needs {kind} the budget does not have: it gives {kind} to {len(pool)} training image(s), "
+            f"and holding out {fraction:g} of them leaves none to train on (set dataset.val_fraction: 0, or a "
+            "larger budget)"
+        )
     train_idx = [i for i, n in enumerate(split.names) if n not in val_names]
     val_idx = [i for i, n in enumerate(split.names) if n in val_names]
     return split.subset(train_idx), split.subset(val_idx)
@@ -117,10 +140,14 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", config.model_dump())
     train_full, test = splits or load_splits(config, data_root, progress)
-    train, val = holdout(train_full, config.dataset.val_fraction, config.seed)
+    method, primary = _METHODS[config.method.name]
     b = config.budget
-    selection = select(Budget(b.coverage, b.boxes, b.density, b.point_mode, config.seed, b.clicks), train.names)
-    selection.save(out_dir / "budget.json")
+    budget = Budget(b.coverage, b.boxes, b.density, b.point_mode, config.seed, b.clicks)
+    selection = select(budget, train_full.names)  # the budget covers validation and tuning too
+    kind = primary(config)
+    pool = selection.images_with(kind, train_full.names)
+    train, val = holdout(train_full, config.dataset.val_fraction, config.seed, pool, kind)
+    selection.save(out_dir / "budget.json", validation=val.names if val is not None else [])
     context = RunContext(
         config=config,
         out_dir=out_dir,
@@ -133,7 +160,9 @@ def run(
         shared_dir=Path(shared_dir) if shared_dir is not None else out_dir / "shared",
         data_root=Path(data_root),
         progress=progress,
+        ledger=selection.ledger(),
     )
-    results = _METHODS[config.method.name](context)
-    write_json(out_dir / "metrics.json", [r.__dict__ for r in results])
+    results = method(context)
+    write_json(out_dir / "labels.json", context.ledger.summary())
+    write_json(out_dir / "metrics.json", [r.__dict__ for r in results])  # last: its presence marks the run done
     return results

@@ -1,8 +1,13 @@
 """``weakseg pseudo-label``: CAM -> refinement -> one PNG mask per image, streamed over a dataset in chunks
-(memory does not grow with the dataset) and resumable (images whose mask exists are skipped)."""
+(memory does not grow with the dataset) and resumable: ``pseudo.json`` records what produced the folder's masks
+(classifier weights, CAM, refinement, sizes, dataset files), and only a run with the same record skips the
+images already done; another record is refused (or, with ``overwrite``, the old outputs are removed first)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +20,42 @@ from weakseg.config import CamConfig
 from weakseg.data.base import SegmentationDataset
 from weakseg.data.transforms import Geometry, fit_sample
 from weakseg.errors import ConfigError
-from weakseg.io import write_png
+from weakseg.identity import CODE_VERSIONS, digest
+from weakseg.io import write_json, write_png
 from weakseg.models.classifier import Classifier
 from weakseg.refine import Refiner, parse_pipeline
 from weakseg.sources.cam import cam_maps
 from weakseg.visualize import heatmap, overlay, panel
 
 REFINE_AT = ("input", "native")
+OUTPUTS = ("masks", "soft", "overlays")
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of a model's weights (every tensor of its state dict, in order)."""
+    sha = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        sha.update(name.encode())
+        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:20]
+
+
+def claim_folder(out_dir: Path, ident: dict, overwrite: bool) -> None:
+    """Make ``out_dir`` hold outputs of ``ident`` only: a folder made by another ident is refused, or emptied of
+    its outputs with ``overwrite``; then ``pseudo.json`` records ``ident``."""
+    record = out_dir / "pseudo.json"
+    old = json.loads(record.read_text()) if record.is_file() else None
+    has_outputs = any((out_dir / kind).is_dir() for kind in OUTPUTS)
+    if has_outputs and old != ident:
+        if not overwrite:
+            changed = sorted(k for k in ident if (old or {}).get(k) != ident[k]) if old else ["(no pseudo.json)"]
+            raise ConfigError(
+                f"'{out_dir}' holds pseudo-labels made with other settings ({', '.join(changed)}): "
+                "choose another --out, or --overwrite to replace them"
+            )
+        for kind in OUTPUTS:
+            shutil.rmtree(out_dir / kind, ignore_errors=True)
+    write_json(record, ident)
 
 
 @dataclass
@@ -52,6 +86,7 @@ def pseudo_label_dataset(
     chunk: int = 64,
     device: torch.device | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> PseudoLabelReport:
     """Write ``masks/<name>.png`` (0 background, 255 foreground, native size) for every image of ``dataset``,
     plus ``soft/<name>.png`` (the CAM as 0-255) and ``overlays/<name>.jpg`` when asked.
@@ -63,6 +98,20 @@ def pseudo_label_dataset(
         raise ConfigError(f"refine_at must be one of {REFINE_AT}, not '{refine_at}'")
     out_dir = Path(out_dir)
     pipeline = parse_pipeline(refine)
+    cam = cam or CamConfig()
+    ident = {
+        "classifier": weights_digest(classifier),
+        "method": method,
+        "refine": str(pipeline),
+        "size": size,
+        "fit": fit,
+        "cam": cam.model_dump(exclude={"batch_size"}),
+        "refine_at": refine_at,
+        "dataset": {"kind": type(dataset).__name__, "split": dataset.split, "names": digest(dataset.names)},
+        "files": dataset.fingerprint(),
+        "code": {k: CODE_VERSIONS[k] for k in ("cams", "refine")},
+    }
+    claim_folder(out_dir, ident, overwrite)
     mask_dir = out_dir / "masks"
     todo = [n for n in dataset.names if not (mask_dir / f"{n}.png").is_file()]
     skipped = len(dataset.names) - len(todo)

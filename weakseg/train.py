@@ -1,5 +1,7 @@
 """The training loop: Adam, halving the learning rate on a validation plateau, best-checkpoint keeping,
-resume from the last checkpoint, a progress bar and a per-epoch CSV log. Reads top to bottom.
+optional early stopping, resume from the last checkpoint (exactly where an uninterrupted run would be), a
+progress bar and a per-epoch CSV log. ``fit`` reads top to bottom: setup, resume, then per epoch
+``train_one_epoch``, ``validate`` and the checkpoints.
 
 One loop for one or many supervision sources: each :class:`Target` is learned by the model head of its name,
 with its own loss (hard labels: ``train.loss`` over known pixels; soft maps: soft cross-entropy) and weight, over
@@ -13,17 +15,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
-import json
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from weakseg import identity
 from weakseg.config import TrainConfig
 from weakseg.data.prepared import PreparedSplit, draw, iterate_batches
 from weakseg.errors import ConfigError
@@ -44,12 +47,15 @@ class TrainResult:
     best_score: float
     history: list[dict[str, float]] = field(default_factory=list)
     images_per_s: float = 0.0
+    stopped_epoch: int | None = None  # the epoch after which early stopping ended training; None: it did not
 
 
 def config_digest(config: TrainConfig, extra: dict[str, Any] | None = None) -> str:
-    """Identifies a training setup, so a resume never continues a different run (more epochs may be added)."""
-    ident = config.model_dump(exclude={"epochs", "progress", "device", "eval_batch_size", "tta"}) | (extra or {})
-    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Identifies a training setup, so a resume never continues a different run. ``epochs`` and ``early_stop``
+    only say when to stop, not how to train: a run may be extended, or its stopping rule changed."""
+    exclude = {"epochs", "early_stop", "progress", "device", "eval_batch_size", "tta"}
+    ident = config.model_dump(exclude=exclude) | (extra or {})
+    return identity.digest(ident)
 
 
 def save_checkpoint(path: Path, model: Segmenter, **state: Any) -> None:
@@ -144,6 +150,122 @@ def validate(
     return {"loss": total / max(count, 1), **cm.compute()}
 
 
+@dataclass
+class Supervision:
+    """The targets as the loop consumes them: head names, one loss per target, which images each labels, and
+    the training split with every target's labels stacked as its masks (so that flips apply to all alike)."""
+
+    targets: list[Target]
+    names: list[str]
+    primary_k: int
+    losses: list[torch.nn.Module]
+    labelled: torch.Tensor  # (N, K) bool
+    stacked: PreparedSplit  # masks (N, K, S, S)
+
+
+def supervision(
+    model: Segmenter, train: PreparedSplit, targets: list[Target] | None, config: TrainConfig
+) -> Supervision:
+    """Check ``targets`` (default: ``train.masks`` for the one head) against the model and the split."""
+    if targets is None:
+        if train.masks is None:
+            raise ConfigError("the training split has no masks and no targets were given")
+        name = model.primary if isinstance(model, MultiHeadSegmenter) else "masks"
+        targets = [Target(name, train.masks)]
+    if any(len(t) != len(train) for t in targets):
+        raise ConfigError(f"every target needs labels for the {len(train)} training images")
+    names, primary = head_names(model, targets)
+    if config.strong_init and config.strong_init not in names:
+        raise ConfigError(f"train.strong_init: no head '{config.strong_init}' among the targets' heads {names}")
+    mode = model.spec.get("mode", "multiclass")
+    return Supervision(
+        targets=targets,
+        names=names,
+        primary_k=names.index(primary),
+        losses=[SoftCrossEntropy(mode) if t.soft else build_loss(config.loss, mode) for t in targets],
+        labelled=torch.stack([t.labelled for t in targets], 1),
+        stacked=dataclasses.replace(train, masks=torch.stack([t.labels for t in targets], 1)),
+    )
+
+
+def train_one_epoch(
+    model: Segmenter,
+    sup: Supervision,
+    active: list[int],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    generator: torch.Generator,
+    config: TrainConfig,
+    device: torch.device,
+    bar: Progress,
+    description: str,
+) -> tuple[float, int, float]:
+    """One pass over the images that the ``active`` targets label; returns (mean loss, images, seconds)."""
+    model.train()
+    order = epoch_order(sup.labelled, active, config.epoch_images, config.sampling == "balanced", generator)
+    task = bar.add_task(description, total=math.ceil(len(order) / config.batch_size), info="")
+    started, seen, total_loss = time.perf_counter(), 0, 0.0
+    batches = iterate_batches(
+        sup.stacked,
+        config.batch_size,
+        device,
+        generator=generator,
+        augment=config.augment,
+        drop_singleton=True,
+        order=order,
+    )
+    for images, masks, index in batches:
+        with autocast(device, config.amp):
+            logits = head_logits(model, images, [sup.names[k] for k in active])
+            loss = images.new_zeros(())
+            for k in active:
+                rows = sup.labelled[index, k].to(device)
+                if rows.any():
+                    target = masks[:, k].float().div(255) if sup.targets[k].soft else masks[:, k]
+                    term = sup.losses[k](logits[sup.names[k]][rows], target[rows])
+                    loss = loss + sup.targets[k].weight * term
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        seen += len(index)
+        total_loss += loss.item() * len(index)
+        bar.update(task, advance=1, info=f"loss {total_loss / seen:.4f}")
+    bar.remove_task(task)
+    return total_loss / max(seen, 1), seen, time.perf_counter() - started
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states (Python, NumPy, torch CPU and CUDA) that a resume must continue from."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class RunState:
+    """Where a run stands after its finished epochs; carried over an interruption by ``last.pt``."""
+
+    epochs_done: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_epoch: int | None = None
+
+    def plateaued(self, config: TrainConfig) -> bool:
+        """True when early stopping is on and the monitored score has not improved for ``early_stop`` epochs."""
+        return config.early_stop is not None and self.epochs_done - max(self.best_epoch, 0) >= config.early_stop
+
+
 def fit(
     model: Segmenter,
     train: PreparedSplit,
@@ -159,28 +281,21 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` on ``targets`` (default: ``train.masks`` for the one head); keep ``best.pt`` by validation
     ``config.monitor`` on the primary head (or the last epoch without validation) and ``last.pt`` for resuming.
-    Returns with ``model`` holding the best weights. ``meta`` (input size, fit, class names) is stored in the
-    checkpoints for prediction."""
+    With ``config.early_stop``, training ends once that score has not improved for so many epochs. Returns with
+    ``model`` holding the best weights. ``meta`` (input size, fit, class names) is stored in the checkpoints for
+    prediction."""
+    # Setup: the supervision, the optimiser and its schedule, the random streams.
     out_dir = Path(out_dir)
-    if targets is None:
-        if train.masks is None:
-            raise ConfigError("the training split has no masks and no targets were given")
-        name = model.primary if isinstance(model, MultiHeadSegmenter) else "masks"
-        targets = [Target(name, train.masks)]
-    if any(len(t) != len(train) for t in targets):
-        raise ConfigError(f"every target needs labels for the {len(train)} training images")
-    names, primary = head_names(model, targets)
-    mode = model.spec.get("mode", "multiclass")
-    target_losses = [SoftCrossEntropy(mode) if t.soft else build_loss(config.loss, mode) for t in targets]
-    primary_k = names.index(primary)
-    loss_fn = target_losses[primary_k] if not targets[primary_k].soft else build_loss(config.loss, mode)
-    labelled = torch.stack([t.labelled for t in targets], 1)  # (N, K)
-    stacked = dataclasses.replace(train, masks=torch.stack([t.labels for t in targets], 1))  # flipped together
-    strong_from = config.epochs - round(config.epochs * config.strong_only) if len(targets) > 1 else config.epochs
-    if config.strong_init and config.strong_init not in names:
-        raise ConfigError(f"train.strong_init: no head '{config.strong_init}' among the targets' heads {names}")
-
-    ident = {"seed": seed, "model": model.spec, "n": len(train), "targets": [t.ident() for t in targets]}
+    sup = supervision(model, train, targets, config)
+    validating = val is not None and len(val) > 0
+    if config.early_stop is not None and not validating:
+        raise ConfigError("train.early_stop needs a validation split whose score it monitors; none was given")
+    all_heads, primary = list(range(len(sup.targets))), sup.names[sup.primary_k]
+    strong_from = config.epochs - round(config.epochs * config.strong_only) if len(all_heads) > 1 else config.epochs
+    val_loss = sup.losses[sup.primary_k]  # validation scores hard masks, also when the primary target is soft
+    if sup.targets[sup.primary_k].soft:
+        val_loss = build_loss(config.loss, model.spec.get("mode", "multiclass"))
+    ident = {"seed": seed, "model": model.spec, "n": len(train), "targets": [t.ident() for t in sup.targets]}
     digest = config_digest(config, (run_key or {}) | ident)
     generator = seed_everything(seed)
     model.to(device, memory_format=torch.channels_last)
@@ -191,27 +306,32 @@ def fit(
     scaler = torch.amp.GradScaler(
         "cuda", enabled=device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
     )
-    start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
 
-    # Resume from the last checkpoint of the same setup.
+    # Resume from the last checkpoint of the same setup: weights, optimiser, schedule, every random stream.
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    state = torch.load(last_path, map_location=device, weights_only=False) if last_path.is_file() else {}
+    state = torch.load(last_path, map_location="cpu", weights_only=False) if last_path.is_file() else {}
+    run = RunState()
     if not (resume and state.get("digest") == digest):
         best_path.unlink(missing_ok=True)  # a stale best checkpoint from another setup must not be picked up
     else:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
-        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
-        history = state["history"]
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        run = RunState(state["epoch"] + 1, state["best_score"], state["best_epoch"], state["history"])
+        if run.plateaued(config):  # a run whose early stop triggered is finished
+            run.stopped_epoch = run.epochs_done
 
     log_path = out_dir / "log.csv"
     with open(log_path, "w", newline="") as fh:  # rewritten from history, so a resume leaves no duplicates
         writer = csv.DictWriter(fh, LOG_FIELDS)
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(run.history)
     board = _TensorBoard(out_dir / "tensorboard")
 
     columns = (
@@ -222,49 +342,21 @@ def fit(
         TextColumn("{task.fields[info]}"),
     )
     with Progress(*columns, disable=not config.progress, transient=True) as bar:
-        for epoch in range(start_epoch, config.epochs):
-            # One pass over the images that the heads learning in this epoch have labels for.
-            model.train()
+        for epoch in range(run.epochs_done, config.epochs):
+            if run.stopped_epoch is not None:  # early stopping ended the run, in this call or an earlier one
+                break
+            # Train: every head on the images it labels, only the primary one in the strong-only epochs.
             if epoch == strong_from:
                 start_strong_phase(model, optimizer, primary, config)
-            active = [primary_k] if epoch >= strong_from else list(range(len(targets)))
-            order = epoch_order(labelled, active, config.epoch_images, config.sampling == "balanced", generator)
-            steps = math.ceil(len(order) / config.batch_size)
-            task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps, info="")
-            started, seen, total_loss = time.perf_counter(), 0, 0.0
-            for images, masks, index in iterate_batches(
-                stacked,
-                config.batch_size,
-                device,
-                generator=generator,
-                augment=config.augment,
-                drop_singleton=True,
-                order=order,
-            ):
-                with autocast(device, config.amp):
-                    logits = head_logits(model, images, [names[k] for k in active])
-                    loss = images.new_zeros(())
-                    for k in active:
-                        rows = labelled[index, k].to(device)
-                        if rows.any():
-                            target = masks[:, k].float().div(255) if targets[k].soft else masks[:, k]
-                            term = target_losses[k](logits[names[k]][rows], target[rows])
-                            loss = loss + targets[k].weight * term
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                seen += len(index)
-                total_loss += loss.item() * len(index)
-                bar.update(task, advance=1, info=f"loss {total_loss / seen:.4f}")
-            seconds = time.perf_counter() - started
-            bar.remove_task(task)
-
-            # Validate, adapt the learning rate, keep the best weights.
+            active = [sup.primary_k] if epoch >= strong_from else all_heads
+            description = f"epoch {epoch + 1}/{config.epochs}"
+            loss, seen, seconds = train_one_epoch(
+                model, sup, active, optimizer, scaler, generator, config, device, bar, description
+            )
             row = {
                 "epoch": epoch + 1,
-                "heads": "+".join(names[k] for k in active),
-                "train_loss": total_loss / max(seen, 1),
+                "heads": "+".join(sup.names[k] for k in active),
+                "train_loss": loss,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(seconds, 3),
                 "images_per_s": seen / seconds if seconds else 0.0,
@@ -272,24 +364,27 @@ def fit(
                 "val_iou": math.nan,
                 "val_dice": math.nan,
             }
-            if val is not None and len(val):
-                metrics = validate(model, val, loss_fn, device, config.eval_batch_size, config.amp)
-                row.update(
-                    val_loss=metrics["loss"],
-                    val_iou=metrics["iou"],
-                    val_dice=metrics["dice"],
-                )
+
+            # Validate and adapt the learning rate (without validation the last epoch counts as the best).
+            if validating:
+                metrics = validate(model, val, val_loss, device, config.eval_batch_size, config.amp)
+                row.update(val_loss=metrics["loss"], val_iou=metrics["iou"], val_dice=metrics["dice"])
                 score = float(metrics[config.monitor])
                 scheduler.step(score if math.isfinite(score) else -math.inf)
             else:
                 score = float(epoch)
-            history.append(row)
+            run.history.append(row)
+            run.epochs_done = epoch + 1
             with open(log_path, "a", newline="") as fh:
                 csv.DictWriter(fh, LOG_FIELDS).writerow(row)
             board.log(row, epoch + 1)
-            if score > best_score:
-                best_score, best_epoch = score, epoch + 1
+
+            # Checkpoint: the best weights, then everything a resume needs; stop early on a plateau.
+            if score > run.best_score:
+                run.best_score, run.best_epoch = score, epoch + 1
                 save_checkpoint(best_path, model, epoch=epoch, score=score, digest=digest, meta=meta or {})
+            if run.plateaued(config):
+                run.stopped_epoch = epoch + 1
             save_checkpoint(
                 last_path,
                 model,
@@ -298,13 +393,17 @@ def fit(
                 meta=meta or {},
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(),
                 generator=generator.get_state(),
-                best_score=best_score,
-                best_epoch=best_epoch,
-                history=history,
+                rng=rng_state(),
+                best_score=run.best_score,
+                best_epoch=run.best_epoch,
+                history=run.history,
+                stopped_epoch=run.stopped_epoch,
             )
 
     if best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
-    speeds = [r["images_per_s"] for r in history if r["images_per_s"]]
-    return TrainResult(best_epoch, best_score, history, sum(speeds) / len(speeds) if speeds else 0.0)
+    speeds = [r["images_per_s"] for r in run.history if r["images_per_s"]]
+    images_per_s = sum(speeds) / len(speeds) if speeds else 0.0
+    return TrainResult(run.best_epoch, run.best_score, run.history, images_per_s, run.stopped_epoch)

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from weakseg.data.sample import Sample
+from weakseg.identity import tree_fingerprint
 
 
 class SegmentationDataset(ABC):
@@ -37,6 +38,11 @@ class SegmentationDataset(ABC):
     @abstractmethod
     def load(self, name: str) -> Sample:
         """Load one sample by name."""
+
+    def fingerprint(self) -> str:
+        """Changes whenever a file the dataset may read changes (names, sizes and times of every file under
+        ``root``): what keys the prepared-split cache and the runs made from this data."""
+        return tree_fingerprint(self.root)
 
     @property
     def num_mask_classes(self) -> int:

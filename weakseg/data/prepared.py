@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +15,10 @@ from rich.progress import Progress
 from weakseg.data.base import SegmentationDataset
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.data.transforms import Geometry, augment_batch, check_size, fit_sample
+from weakseg.identity import digest
 from weakseg.io import atomic_path
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed by the files' fingerprint; splits carry it
 
 
 def cache_dir() -> Path:
@@ -43,6 +42,8 @@ class PreparedSplit:
     native_masks: list[np.ndarray] | None = None
     mask_classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
     tag_classes: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    """:meth:`SegmentationDataset.fingerprint` of the files the split was prepared from."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -65,6 +66,7 @@ class PreparedSplit:
             native_masks=None if self.native_masks is None else [self.native_masks[i] for i in idx],
             mask_classes=self.mask_classes,
             tag_classes=self.tag_classes,
+            fingerprint=self.fingerprint,
         )
 
     def with_masks(self, masks: torch.Tensor) -> PreparedSplit:
@@ -76,8 +78,7 @@ class PreparedSplit:
         return out
 
 
-def _cache_key(dataset: SegmentationDataset, size: int, fit: str, keep_native: bool) -> str:
-    names = hashlib.sha1("\n".join(dataset.names).encode()).hexdigest()
+def _cache_key(dataset: SegmentationDataset, size: int, fit: str, keep_native: bool, files: str) -> str:
     ident = {
         "v": CACHE_VERSION,
         "dataset": type(dataset).__name__,
@@ -86,10 +87,11 @@ def _cache_key(dataset: SegmentationDataset, size: int, fit: str, keep_native: b
         "size": size,
         "fit": fit,
         "native": keep_native,
-        "names": names,
+        "names": digest(dataset.names, 40),
+        "files": files,
         "options": {k: v for k, v in vars(dataset).items() if isinstance(v, (str, int, float, bool))},
     }
-    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return digest(ident, 20)
 
 
 def prepare(
@@ -102,11 +104,9 @@ def prepare(
 ) -> PreparedSplit:
     """Decode and fit every sample of ``dataset`` (in threads), or load the same from the disk cache."""
     check_size(size)
-    path = (
-        cache_dir()
-        / "prepared"
-        / f"{dataset.key or type(dataset).__name__}-{_cache_key(dataset, size, fit, keep_native)}.pt"
-    )
+    files = dataset.fingerprint()  # an edited image or mask on disk is a cache miss
+    key = _cache_key(dataset, size, fit, keep_native, files)
+    path = cache_dir() / "prepared" / f"{dataset.key or type(dataset).__name__}-{key}.pt"
     if use_cache and path.is_file():
         try:
             return torch.load(path, weights_only=False)
@@ -149,6 +149,7 @@ def prepare(
         native_masks=native if keep_native and has_masks else None,
         mask_classes=list(dataset.mask_classes),
         tag_classes=list(dataset.tag_classes),
+        fingerprint=files,
     )
     if use_cache:
         with atomic_path(path) as tmp:

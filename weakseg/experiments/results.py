@@ -11,7 +11,7 @@ import numpy as np
 
 from weakseg.io import write_json, write_text
 
-TABLE_METRICS = ("iou", "dice", "accuracy", "precision", "recall", "miou")
+TABLE_METRICS = ("iou", "dice", "dice_per_image", "accuracy", "precision", "recall", "miou")
 
 
 def summarize(values: list[float]) -> dict[str, float | int]:
@@ -42,8 +42,16 @@ def _escape(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def markdown_table(name: str, rows: list[dict[str, Any]]) -> str:
-    """The results as a Markdown table: one column per setting key, then mean ± std per metric."""
+def labels_text(labels: dict[str, Any] | None) -> str:
+    """``masks 8 · boxes 300`` for the labels a row consumed (kinds with none left out)."""
+    if not labels:
+        return "–"
+    parts = [f"{k} {labels[k]}" for k in ("masks", "boxes", "points", "tags") if labels.get(k)]
+    return " · ".join(parts) or "none"
+
+
+def markdown_table(name: str, rows: list[dict[str, Any]], stale: list[str] | None = None) -> str:
+    """The results as a Markdown table: one column per setting key, mean ± std per metric, labels consumed."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row["setting"] if k not in keys]
@@ -51,22 +59,35 @@ def markdown_table(name: str, rows: list[dict[str, Any]]) -> str:
     lines = [
         f"# {name}",
         "",
-        "| " + " | ".join([*keys, *metrics, "n"]) + " |",
-        "|" + "---|" * (len(keys) + len(metrics) + 1),
+        "| " + " | ".join([*keys, *metrics, "n", "labels"]) + " |",
+        "|" + "---|" * (len(keys) + len(metrics) + 2),
     ]
     for row in rows:
         setting = [_escape(row["setting"].get(k, "")) for k in keys]
         cells = [_cell(row["metrics"].get(m)) for m in metrics]
         n = max((s["n"] for s in row["metrics"].values()), default=0)
-        lines.append("| " + " | ".join([*setting, *cells, str(n)]) + " |")
-    note = "mean ± sample standard deviation over seeds (the mean alone for one seed); n = number of seeds."
+        lines.append("| " + " | ".join([*setting, *cells, str(n), labels_text(row.get("labels"))]) + " |")
+    note = (
+        "mean ± sample standard deviation over seeds (the mean alone for one seed); n = number of seeds; labels = "
+        "what a run consumed for training, validation and tuning (masks and tags: images; boxes: boxes; points: "
+        "labelled pixels), the most of any seed."
+    )
+    if stale:
+        note += f"\n\n{len(stale)} run folder(s) from older specs or code were present and are not reported."
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
-def write_results(out_dir: Path, name: str, rows: list[dict[str, Any]], publish_dir: Path | None = None) -> None:
-    """Write ``results.json`` and ``results.md``; copy both to ``publish_dir/<name>.{json,md}`` if given."""
-    write_json(out_dir / "results.json", {"experiment": name, "rows": rows})
-    write_text(out_dir / "results.md", markdown_table(name, rows))
+def write_results(
+    out_dir: Path,
+    name: str,
+    rows: list[dict[str, Any]],
+    publish_dir: Path | None = None,
+    stale: list[str] | None = None,
+) -> None:
+    """Write ``results.json`` and ``results.md`` (naming the ``stale`` run folders that were left out); copy
+    both to ``publish_dir/<name>.{json,md}`` if given."""
+    write_json(out_dir / "results.json", {"experiment": name, "rows": rows, "stale_runs": stale or []})
+    write_text(out_dir / "results.md", markdown_table(name, rows, stale))
     if publish_dir is not None:
         publish_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_dir / "results.json", publish_dir / f"{name}.json")

@@ -11,9 +11,12 @@ pixels ignored; CAM maps are soft), learned by its own head of one shared encode
 - ``multi``: the heads of ``method.sources`` (e.g. ``[masks, cam, boxes, sam]``), ``masks`` predicting, weighted
   by ``method.weights``, and only the primary head learning in the last ``train.strong_only`` of the epochs.
 
-The validation split is labelled by the primary source (its full masks, points, boxes or SAM masks), so model
-selection uses no more supervision than the method has. Stage ``pseudo`` scores a single weak source's labels
-against the training ground truth; ``final`` scores the segmenter on the test split.
+The validation images are held out from the budget's images with the primary source's kind of label, and
+labelled by that source (its full masks, points, boxes or SAM masks), so model selection uses no more
+supervision than the budget gives; every label used is recorded in the run's ledger. Stages: ``pseudo`` scores
+a single weak source's labels against the whole training ground truth (a diagnostic, used for no choice);
+``dev`` (with ``method.dev``) scores them on the budget's masks only (a development subset, counted as tuning
+use: what the experiment runner may choose settings on); ``final`` scores the segmenter on the test split.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import numpy as np
 import torch
 
 from weakseg.budget import point_masks
+from weakseg.config import RunConfig
 from weakseg.data.prepared import PreparedSplit
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.errors import ConfigError
+from weakseg.identity import digest
 from weakseg.methods.segmenter import train_and_test
 from weakseg.methods.tags import pseudo_labels, soft_maps
 from weakseg.metrics import ConfusionMatrix
@@ -34,22 +39,24 @@ from weakseg.pipeline import RunContext, StageResult, load_dataset, register_met
 from weakseg.sources.boxes import box_masks, boxes_from_mask
 from weakseg.sources.prompted import prompted_masks
 from weakseg.sources.sam import build_mask_generator
-from weakseg.sources.store import digest
 from weakseg.sources.target import Target
 from weakseg.visualize import save_label_examples
 
-SourceBuilder = Callable[[RunContext, PreparedSplit, bool], Target]
-"""(context, split, everyone) -> the source's target for the split's images; ``everyone`` labels every image
-(the validation split) instead of the budget's choice."""
+SourceBuilder = Callable[[RunContext, PreparedSplit, str], Target]
+"""(context, split, use) -> the source's target for the split's images within the budget, its labels recorded
+in the run's ledger as ``use`` (``train``, ``validation`` or ``tuning``)."""
 
 _SOURCES: dict[str, SourceBuilder] = {}
+SOURCE_LABELS: dict[str, str] = {}
+"""The kind of budget label each source is made from."""
 
 
-def register_source(name: str) -> Callable[[SourceBuilder], SourceBuilder]:
-    """Decorator: make a supervision source available in ``method.sources``."""
+def register_source(name: str, labels: str) -> Callable[[SourceBuilder], SourceBuilder]:
+    """Decorator: make a supervision source available in ``method.sources``; it consumes ``labels``."""
 
     def wrap(fn: SourceBuilder) -> SourceBuilder:
         _SOURCES[name] = fn
+        SOURCE_LABELS[name] = labels
         return fn
 
     return wrap
@@ -59,10 +66,8 @@ def list_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def _keep(split: PreparedSplit, labels: torch.Tensor, chosen: list[str] | None) -> torch.Tensor:
-    """``labels`` with the images not in ``chosen`` (None: all are kept) set to ignore."""
-    if chosen is None:
-        return labels
+def _keep(split: PreparedSplit, labels: torch.Tensor, chosen: list[str]) -> torch.Tensor:
+    """``labels`` with the images not in ``chosen`` set to ignore."""
     keep = set(chosen)
     drop = torch.tensor([n not in keep for n in split.names], dtype=torch.bool)
     out = labels.clone()
@@ -76,27 +81,37 @@ def _ground_truth(split: PreparedSplit, source: str) -> torch.Tensor:
     return split.masks
 
 
-def _need_boxes(ctx: RunContext, everyone: bool, source: str) -> list[str] | None:
-    if everyone:
-        return None
+def _need_boxes(ctx: RunContext, split: PreparedSplit, source: str) -> list[str]:
+    """The split's images that the budget gives boxes to."""
     if not ctx.selection.boxes:
         raise ConfigError(f"source '{source}' needs boxes: set budget.boxes to the % of images that keep them")
-    return ctx.selection.boxes
+    return ctx.selection.images_with("boxes", split.names)
 
 
-@register_source("masks")
-def masks_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
+def _record_per_image(ctx: RunContext, use: str, kind: str, split: PreparedSplit, labels: torch.Tensor) -> None:
+    """Record, per image of the split, the labelled pixels of ``labels`` (1 per image for masks)."""
+    known = (labels != IGNORE_INDEX).flatten(1).sum(1).tolist()
+    counts = {n: (1 if kind == "masks" else c) if c else 0 for n, c in zip(split.names, known, strict=True)}
+    ctx.ledger.record(use, kind, counts)
+
+
+@register_source("masks", labels="masks")
+def masks_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
     """Full masks (boundary ignored) of the budget's ``coverage`` % of the images."""
-    return Target("masks", _keep(split, _ground_truth(split, "masks"), None if everyone else ctx.selection.masks))
+    labels = _keep(split, _ground_truth(split, "masks"), ctx.selection.images_with("masks", split.names))
+    _record_per_image(ctx, use, "masks", split, labels)
+    return Target("masks", labels)
 
 
-@register_source("points")
-def points_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
+@register_source("points", labels="points")
+def points_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
     """Point labels: ``budget.clicks`` per object, or ``budget.density`` % of each image's labelled pixels (seeded
     per image name)."""
     if ctx.selection.budget.density is None and ctx.selection.budget.clicks is None:
         raise ConfigError("source 'points' needs budget.density (% of pixels labelled) or budget.clicks")
-    return Target("points", point_masks(_ground_truth(split, "points"), split.names, ctx.selection.budget))
+    labels = point_masks(_ground_truth(split, "points"), split.names, ctx.selection.budget)
+    _record_per_image(ctx, use, "points", split, labels)
+    return Target("points", labels)
 
 
 def _split_boxes(ctx: RunContext, split: PreparedSplit) -> list[np.ndarray]:
@@ -106,23 +121,29 @@ def _split_boxes(ctx: RunContext, split: PreparedSplit) -> list[np.ndarray]:
     return split.boxes
 
 
-@register_source("boxes")
-def boxes_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
+def _record_boxes(ctx: RunContext, use: str, split: PreparedSplit, chosen: list[str]) -> None:
+    boxes = dict(zip(split.names, _split_boxes(ctx, split), strict=True))
+    ctx.ledger.record(use, "boxes", {n: len(boxes[n]) for n in chosen})
+
+
+@register_source("boxes", labels="boxes")
+def boxes_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
     """Filled boxes of the budget's ``boxes`` % of the images; images without a box are unlabelled."""
-    chosen = _need_boxes(ctx, everyone, "boxes")
+    chosen = _need_boxes(ctx, split, "boxes")
     boxes = _split_boxes(ctx, split)
     labels = box_masks(boxes, split.size)
     labels[torch.tensor([len(b) == 0 for b in boxes], dtype=torch.bool)] = IGNORE_INDEX
+    _record_boxes(ctx, use, split, chosen)
     return Target("boxes", _keep(split, labels, chosen))
 
 
-@register_source("sam")
-def sam_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
+@register_source("sam", labels="boxes")
+def sam_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
     """``method.generator`` masks prompted with the boxes of the budget's ``boxes`` % of the images, generated at
     native resolution and cached in ``shared/masks`` (so every row and seed reuses them)."""
-    chosen = _need_boxes(ctx, everyone, "sam")
+    names = _need_boxes(ctx, split, "sam")
     ds = ctx.config.dataset
-    names = split.names if chosen is None else sorted(set(chosen) & set(split.names))
+    _record_boxes(ctx, use, split, names)
     generated = prompted_masks(
         load_dataset(ctx.config, ctx.data_root, ds.train_split),
         names,
@@ -140,10 +161,10 @@ def sam_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
     return Target("sam", labels)
 
 
-@register_source("cam")
-def cam_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
-    """``method.cam_method`` maps of the tag classifier for every image: soft, or refined into hard pseudo-masks
-    by ``method.refine`` when one is set."""
+@register_source("cam", labels="tags")
+def cam_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
+    """``method.cam_method`` maps of the tag classifier (trained on every training image's tags) for every image:
+    soft, or refined into hard pseudo-masks by ``method.refine`` when one is set."""
     method = ctx.config.method
     if method.refine:
         maps, soft = pseudo_labels(ctx, method.cam_method)[1], False
@@ -151,8 +172,7 @@ def cam_source(ctx: RunContext, split: PreparedSplit, everyone: bool) -> Target:
         maps, soft = soft_maps(ctx, method.cam_method)[0], True
     index = {n: i for i, n in enumerate(ctx.train_full.names)}
     labels = maps[[index[n] for n in split.names]]
-    if everyone and soft:  # validation needs hard labels
-        labels, soft = (labels >= 128).to(torch.uint8), False
+    ctx.ledger.record(use, "tags", {n: len(t) for n, t in zip(split.names, split.labels, strict=True)})
     return Target("cam", labels, soft=soft)
 
 
@@ -172,6 +192,14 @@ def method_sources(ctx: RunContext) -> list[str]:
     return sorted(sources, key=lambda s: s != "masks")
 
 
+def primary_labels(config: RunConfig) -> str:
+    """The kind of label the primary source (``masks`` when it is one, else the first) is made from."""
+    method = config.method
+    sources = [SINGLE_SOURCE[method.name]] if method.name in SINGLE_SOURCE else list(method.sources)
+    primary = "masks" if "masks" in sources else sources[0] if sources else "masks"
+    return SOURCE_LABELS.get(primary, "masks")
+
+
 def pseudo_quality(target: Target, split: PreparedSplit) -> dict:
     """Metrics of a source's labels (soft maps at 0.5) against the ground truth, over the images it labels."""
     rows = target.labelled
@@ -185,13 +213,36 @@ def pseudo_quality(target: Target, split: PreparedSplit) -> dict:
     return {**cm.compute(), "labelled_images": int(rows.sum())}
 
 
+def dev_quality(ctx: RunContext, sources: list[str]) -> StageResult | None:
+    """The weak sources' labels scored on the budget's masked training images (the development subset, recorded
+    as tuning use): metrics ``<source>.<metric>`` (and plain ``<metric>`` for a single source), or None when the
+    budget has no masks."""
+    split = ctx.train_full
+    dev = ctx.selection.images_with("masks", split.names)
+    if not dev or split.masks is None or not sources:
+        return None
+    index = {n: i for i, n in enumerate(split.names)}
+    subset = split.subset([index[n] for n in dev])
+    ctx.ledger.record("tuning", "masks", dev)
+    metrics: dict = {}
+    for source in sources:
+        quality = pseudo_quality(_SOURCES[source](ctx, subset, "tuning"), subset)
+        metrics |= {f"{source}.{k}": v for k, v in quality.items()} | (quality if len(sources) == 1 else {})
+    return StageResult("dev", metrics)
+
+
+def hard(target: Target) -> torch.Tensor:
+    """A target's labels as hard classes (soft maps cut at 0.5), as validation needs them."""
+    return (target.labels >= 128).to(torch.uint8) if target.soft else target.labels
+
+
 def train_from_sources(ctx: RunContext) -> list[StageResult]:
     """Build every source's target, score a single weak source as pseudo-labels, then train and test."""
     sources = method_sources(ctx)
     weights = ctx.config.method.weights
     targets = []
     for name in sources:
-        target = _SOURCES[name](ctx, ctx.train, False)
+        target = _SOURCES[name](ctx, ctx.train, "train")
         target.weight = float(weights.get(name, 1.0))
         targets.append(target)
     if not targets[0].labelled.any():
@@ -201,12 +252,13 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
     weak = [t for t in targets if t.name not in ("masks", "points")]
     if len(weak) == 1 and ctx.train.masks is not None:
         results.append(StageResult("pseudo", pseudo_quality(weak[0], ctx.train)))
+    if ctx.config.method.dev and (dev := dev_quality(ctx, [t.name for t in weak])):
+        results.append(dev)
     if not ctx.config.method.segmenter:
         return results
     val = None
     if ctx.val is not None:
-        labels = _SOURCES[sources[0]](ctx, ctx.val, True).labels
-        val = ctx.val.with_masks(labels)
+        val = ctx.val.with_masks(hard(_SOURCES[sources[0]](ctx, ctx.val, "validation")))
     b, method = ctx.selection, ctx.config.method
     key = {
         "sources": sources,
@@ -225,4 +277,4 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
 
 
 for _name in [*SINGLE_SOURCE, "multi"]:
-    register_method(_name)(train_from_sources)
+    register_method(_name, primary_labels)(train_from_sources)

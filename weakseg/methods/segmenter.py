@@ -48,5 +48,9 @@ def train_and_test(
         model, ctx.test, ctx.device, t.eval_batch_size, tta=t.tta, amp=t.amp, progress=ctx.progress
     )
     metrics["best_epoch"] = result.best_epoch
+    metrics["epochs_trained"] = len(result.history)  # fewer than train.epochs when early stopping ended the run
+    if val is not None and 0 < result.best_epoch <= len(result.history):  # what the checkpoint was chosen on
+        best = result.history[result.best_epoch - 1]
+        metrics |= {"val_iou": best["val_iou"], "val_dice": best["val_dice"], "val_images": len(val)}
     metrics["train_images_per_s"] = result.images_per_s
     return StageResult("final", metrics)

@@ -4,9 +4,10 @@ Registered once per CAM method (``method: gradcam``, ``method: cam``, ...). Ever
 run's shared directory under a key of what produced it, so rows that differ only in refinement reuse the
 classifier and the maps, and rows that differ only in the segmenter reuse the pseudo-labels.
 
-Stages: ``pseudo`` scores the pseudo-labels on the whole training split against its ground truth (which is
-used for nothing else); ``final`` scores the segmenter trained on them (validated on pseudo-labels too) on
-the test split.
+Stages: ``pseudo`` scores the pseudo-labels on the whole training split against its ground truth (a
+diagnostic, used for no choice); ``dev`` (with ``method.dev``) scores them on the budget's masked images only (a
+development subset, recorded as tuning use, that the experiment runner may choose settings on); ``final`` scores
+the segmenter trained on them (validated on pseudo-labels too) on the test split.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from weakseg.cams import list_cams
 from weakseg.classify import is_multilabel, train_classifier
 from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
+from weakseg.identity import CODE_VERSIONS, digest
 from weakseg.methods.segmenter import train_and_test
 from weakseg.metrics import ConfusionMatrix
 from weakseg.models.classifier import Classifier, build_classifier
 from weakseg.pipeline import RunContext, StageResult, load_dataset, register_method
 from weakseg.refine import RefinePipeline, Refiner, parse_pipeline
 from weakseg.sources.cam import cam_maps, to_uint8
-from weakseg.sources.store import ArtifactStore, digest
+from weakseg.sources.store import ArtifactStore
 from weakseg.sources.target import Target
 from weakseg.visualize import save_label_examples
 
@@ -37,6 +39,8 @@ def classifier_ident(ctx: RunContext) -> dict:
         "dataset": ctx.config.dataset.model_dump(exclude={"val_fraction"}),
         "seed": ctx.config.seed,
         "names": digest(split.names),
+        "files": split.fingerprint,
+        "code": {k: CODE_VERSIONS[k] for k in ("train", "cams")},
     }
 
 
@@ -72,6 +76,7 @@ def soft_maps(ctx: RunContext, method: str) -> tuple[torch.Tensor, dict]:
         return to_uint8(cam_maps(model, split.images, split.labels, method, ctx.config.cam, ctx.device, ctx.progress))
 
     soft = store.tensor("cams", ident, compute_maps, notes=info)
+    ctx.ledger.record("train", "tags", {n: len(t) for n, t in zip(split.names, split.labels, strict=True)})
     return soft, {"classifier_accuracy": store.info("cams", ident).get("classifier_accuracy", float("nan"))}
 
 
@@ -81,7 +86,12 @@ def pseudo_labels(ctx: RunContext, method: str) -> tuple[torch.Tensor, torch.Ten
     split = ctx.train_full
     soft, info = soft_maps(ctx, method)
     pipeline = parse_pipeline(ctx.config.method.refine)
-    refine_ident = {"maps": cam_ident(ctx, method), "refine": str(pipeline), "size": ctx.config.method.refine_size}
+    refine_ident = {
+        "maps": cam_ident(ctx, method),
+        "refine": str(pipeline),
+        "size": ctx.config.method.refine_size,
+        "code": CODE_VERSIONS["refine"],
+    }
 
     def refine() -> torch.Tensor:
         return refine_split(ctx, split, soft, pipeline)
@@ -121,17 +131,22 @@ def tags_to_segmenter(ctx: RunContext) -> list[StageResult]:
     targets = [Target("cam", soft, soft=True), Target("pseudo", masks)]
     save_label_examples(ctx.out_dir / "pseudo_examples.png", ctx.train_full, targets)
     results = []
+    index = {n: i for i, n in enumerate(ctx.train_full.names)}
     if ctx.train_full.masks is not None:
-        cm = ConfusionMatrix(2)
-        cm.update(masks, ctx.train_full.masks)
-        results.append(StageResult("pseudo", {**cm.compute(), **info}))
+        results.append(StageResult("pseudo", {**quality(masks, ctx.train_full.masks), **info}))
+        dev = ctx.selection.images_with("masks", ctx.train_full.names)
+        if ctx.config.method.dev and dev:
+            ctx.ledger.record("tuning", "masks", dev)
+            rows = [index[n] for n in dev]
+            results.append(StageResult("dev", {**quality(masks[rows], ctx.train_full.masks[rows]), "images": len(dev)}))
     if ctx.config.method.segmenter:
-        index = {n: i for i, n in enumerate(ctx.train_full.names)}
 
         def with_pseudo(split: PreparedSplit) -> PreparedSplit:
             return split.with_masks(masks[[index[n] for n in split.names]])
 
         val = with_pseudo(ctx.val) if ctx.val is not None else None
+        if val is not None:  # pseudo-labels from the held-out images' tags
+            ctx.ledger.record("validation", "tags", {n: len(t) for n, t in zip(val.names, val.labels, strict=True)})
         key = {"pseudo": digest({"method": method, "refine": str(parse_pipeline(ctx.config.method.refine))})}
         final = train_and_test(ctx, with_pseudo(ctx.train), key, val_split=val)
         final.metrics["classifier_accuracy"] = info["classifier_accuracy"]
@@ -139,5 +154,12 @@ def tags_to_segmenter(ctx: RunContext) -> list[StageResult]:
     return results
 
 
+def quality(masks: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Metrics of pseudo-masks against ground truth."""
+    cm = ConfusionMatrix(2)
+    cm.update(masks, truth)
+    return cm.compute()
+
+
 for _name in list_cams():
-    register_method(_name)(tags_to_segmenter)
+    register_method(_name, primary=lambda config: "tags")(tags_to_segmenter)

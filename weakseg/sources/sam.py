@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from weakseg.errors import ConfigError, WeightsUnavailableError
+from weakseg.identity import CODE_VERSIONS, digest
 from weakseg.io import write_json, write_png
 from weakseg.models.encoders import hub_reachable, read_state_dict
 from weakseg.sources.boxes import box_mask, fit_boxes
-from weakseg.sources.store import digest
 
 SAM_HOST = "dl.fbaipublicfiles.com"
 SAM_URLS = {
@@ -332,7 +332,8 @@ class CachedMaskGenerator:
 
     def __init__(self, generator: MaskGenerator, cache_dir: str | Path):
         self.generator = generator
-        ident = generator.identity()
+        # the generator's options and weights, and the version of the pre- and post-processing around it
+        ident = {**generator.identity(), "code": CODE_VERSIONS["generators"]}
         self.folder = Path(cache_dir) / f"{generator.name}-{digest(ident)}"
         self._ident = ident
         self.hits = self.misses = 0

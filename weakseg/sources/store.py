@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -11,12 +10,8 @@ from typing import Any
 
 import torch
 
+from weakseg.identity import digest
 from weakseg.io import atomic_path, write_json
-
-
-def digest(ident: Any) -> str:
-    """A short stable hash of a JSON-able description."""
-    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class ArtifactStore:

@@ -1,0 +1,53 @@
+"""What identifies a result: one digest helper, file fingerprints and the versions of the label-producing code.
+
+Runs, caches and stored artefacts are named by :func:`digest` of everything that produced them, so a changed
+input gives a new name and nothing stale is ever served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+CODE_VERSIONS = {
+    "budget": 2,  # 2: the budget is chosen over the whole training split; validation comes out of it
+    "sources": 2,
+    "cams": 1,
+    "refine": 1,
+    "generators": 1,
+    "train": 1,
+    "evaluate": 1,
+}
+"""Version of each step that produces labels, models or scores; bump one when its output changes, so that every
+run and artefact it made is made again."""
+
+
+def digest(ident: Any, length: int = 16) -> str:
+    """A short stable hash of a JSON-able description (dict keys sorted; other objects by ``str``)."""
+    text = json.dumps(ident, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
+def files_fingerprint(paths: Iterable[str | Path], root: str | Path | None = None) -> str:
+    """A digest of the files' names (relative to ``root`` when given), sizes and modification times: it changes
+    when any file is edited, replaced, added or removed, without reading the contents."""
+    entries = []
+    for path in sorted(Path(p) for p in paths):
+        stat = path.stat()
+        name = str(path.relative_to(root)) if root is not None else str(path)
+        entries.append((name, stat.st_size, stat.st_mtime_ns))
+    return digest(entries, 20)
+
+
+def tree_fingerprint(root: str | Path) -> str:
+    """:func:`files_fingerprint` of every file below ``root`` (hidden files and folders left out)."""
+    root = Path(root)
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(folder) / n for n in names if not n.startswith(".")]
+    return files_fingerprint(files, root)
