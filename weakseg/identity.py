@@ -15,7 +15,7 @@ from typing import Any
 
 CODE_VERSIONS = {
     "budget": 2,  # 2: the budget is chosen over the whole training split; validation comes out of it
-    "sources": 2,
+    "sources": 3,  # 3: a dev-only run (method.dev, no segmenter) scores the development subset only
     "cams": 1,
     "refine": 1,
     "generators": 1,

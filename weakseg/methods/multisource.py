@@ -237,9 +237,13 @@ def hard(target: Target) -> torch.Tensor:
 
 
 def train_from_sources(ctx: RunContext) -> list[StageResult]:
-    """Build every source's target, score a single weak source as pseudo-labels, then train and test."""
+    """Build every source's target, score a single weak source as pseudo-labels, then train and test. With
+    ``method.dev`` and no segmenter, only the development score is made (what a choice among settings needs)."""
     sources = method_sources(ctx)
     weights = ctx.config.method.weights
+    if ctx.config.method.dev and not ctx.config.method.segmenter:
+        dev = dev_quality(ctx, [s for s in sources if s not in ("masks", "points")])
+        return [dev] if dev else []
     targets = []
     for name in sources:
         target = _SOURCES[name](ctx, ctx.train, "train")
