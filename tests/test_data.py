@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -544,6 +545,21 @@ def test_an_edited_mask_on_disk_is_never_served_from_the_cache(demo_root, monkey
     assert torch.equal(again.masks[1:], first.masks[1:])
     unchanged = prepare(OxfordPet(root, split="test"), 32, progress=False)
     assert unchanged.fingerprint == again.fingerprint and torch.equal(unchanged.masks, again.masks)
+
+
+def test_a_fresh_copy_of_the_same_files_keeps_the_fingerprint(demo_root, tmp_path):
+    """Data copied afresh (a new session, another machine: new modification times) is the same data; one
+    changed byte is not."""
+    first = copy_demo(demo_root, tmp_path / "a")
+    second = copy_demo(demo_root, tmp_path / "b")
+    trimap = second / "annotations" / "trimaps" / f"{OxfordPet(second, split='test').names[0]}.png"
+    os.utime(trimap, ns=(1, 1))
+    assert OxfordPet(first, split="test").fingerprint() == OxfordPet(second, split="test").fingerprint()
+    data = bytearray(trimap.read_bytes())
+    data[-1] ^= 1
+    trimap.write_bytes(bytes(data))
+    os.utime(trimap, ns=(1, 1))
+    assert OxfordPet(first, split="test").fingerprint() != OxfordPet(second, split="test").fingerprint()
 
 
 def test_corrupt_cache_is_rebuilt(demo_root, monkeypatch, tmp_path):

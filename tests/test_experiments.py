@@ -244,3 +244,50 @@ def test_a_part_chooses_on_the_budgets_masks_never_on_test(tmp_path, demo_root):
         == choice["chosen"]["method.generator_options.shape_kind"]
     )
     assert any(r["setting"]["stage"] == "final" for r in [final, *others])
+
+
+def test_published_records_stand_in_for_finished_runs_on_a_fresh_machine(tmp_path, demo_root, monkeypatch):
+    # a first machine runs seed 0 and publishes; a second one (no run folder) gets seed 0 from the records,
+    # trains seed 1 only, and publishes both; a changed config value trains its row again
+    parts = [{"name": "a", "grid": {"coverage": [50]}}, {"name": "b", "grid": {"coverage": [100]}}]
+    path = write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts, seeds=[0])
+    docs, records = tmp_path / "docs", tmp_path / "docs" / "runs"
+    first = run_experiment(load_spec(path), "/", tmp_path / "one", publish_dir=docs, records_dir=records)
+    assert sorted(p.name for p in (records / "tiny").glob("*/seed0/*")) == sorted(
+        ["run.json", "metrics.json", "labels.json", "log.csv"] * 2
+    )
+
+    import weakseg.experiments.runner as runner
+
+    trained = []
+    real_run = runner.run
+
+    def counting_run(config, out_dir, *args, **kwargs):
+        trained.append((config.budget.coverage, config.seed))
+        return real_run(config, out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run", counting_run)
+    path = write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts, seeds=[0, 1])
+    both = run_experiment(load_spec(path), "/", tmp_path / "two", publish_dir=docs, records_dir=records)
+    assert trained == [(50, 1), (100, 1)]  # seed 0 came from the records
+    for before, after in zip(first, both, strict=True):
+        assert after["seeds"] == [0, 1]
+        assert after["labels"] == before["labels"]
+        seed0 = json.loads(
+            next((tmp_path / "one").glob(f"*coverage-{before['setting']['coverage']}-*/seed0/metrics.json")).read_text()
+        )
+        seed1 = json.loads(
+            next((tmp_path / "two").glob(f"*coverage-{before['setting']['coverage']}-*/seed1/metrics.json")).read_text()
+        )
+        iou = [seed0[0]["metrics"]["iou"], seed1[0]["metrics"]["iou"]]
+        assert after["metrics"]["iou"]["mean"] == pytest.approx(sum(iou) / 2)
+    assert len(list((records / "tiny").glob("*/seed*"))) == 4
+
+    # part b's learning rate changes: only b trains (both seeds), and b's old records are dropped on publish
+    trained.clear()
+    parts[1]["set"] = {"train.lr": 0.002}
+    path = write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts, seeds=[0, 1])
+    run_experiment(load_spec(path), "/", tmp_path / "three", publish_dir=docs, records_dir=records)
+    assert trained == [(100, 0), (100, 1)]
+    configs = [json.loads(p.read_text())["key"]["config"]["train"]["lr"] for p in records.glob("tiny/*/seed*/run.json")]
+    assert sorted(configs) == [0.001, 0.001, 0.002, 0.002]

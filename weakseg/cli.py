@@ -253,6 +253,13 @@ def experiment_run(
     only: Annotated[list[str] | None, typer.Option(help="Run only rows whose setting has KEY=VALUE.")] = None,
     publish: Annotated[bool, typer.Option(help="Copy results to docs/results/<experiment>.{json,md}.")] = False,
     publish_dir: Annotated[Path, typer.Option(help="Where --publish copies results.")] = Path("docs/results"),
+    records: Annotated[
+        Path,
+        typer.Option(
+            help="Records of finished runs (key, metrics, labels, log) per experiment: runs whose key matches are "
+            "taken from here instead of trained again; --publish writes the current ones here."
+        ),
+    ] = Path("docs/results/runs"),
     overrides: Overrides = None,
 ) -> None:
     """Run an experiment spec: every row of its grid over its seeds, resumable; writes results.json/md."""
@@ -266,7 +273,7 @@ def experiment_run(
     if seeds:  # the command-line seeds replace every part's own seed list too
         spec_obj.parts = [part.model_copy(update={"seeds": None}) for part in spec_obj.parts]
     out = out or Path("runs") / spec_obj.name
-    rows = run_experiment(spec_obj, data_root, out, only, publish_dir if publish else None)
+    rows = run_experiment(spec_obj, data_root, out, only, publish_dir if publish else None, records_dir=records)
     console.print((out / "results.md").read_text())
     console.print(f"{len(rows)} rows in {out / 'results.json'}")
 

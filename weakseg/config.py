@@ -158,7 +158,12 @@ class TrainConfig(Section):
         description="stop once the validation `monitor` score has not improved for this many epochs (`epochs` "
         "stays the upper bound); needs a validation split. None: train all `epochs`",
     )
-    amp: bool = True
+    amp: bool = Field(True, description="mixed precision on GPU (bfloat16 where supported, else float16)")
+    cpu_amp: bool = Field(
+        False,
+        description="bfloat16 autocast for training on CPU too (with amp; validation and test stay float32): about "
+        "2x faster on CPUs with AVX-512 BF16 or AMX, slower on others",
+    )
     device: str = "auto"
     eval_batch_size: int = Field(32, ge=1)
     tta: list[str] = Field(default_factory=list)

@@ -32,14 +32,28 @@ def digest(ident: Any, length: int = 16) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:length]
 
 
+_CONTENT: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """BLAKE2b of a file's bytes, remembered per (path, size, modification time) for the process."""
+    path = Path(path)
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _CONTENT:
+        with open(path, "rb") as f:
+            _CONTENT[memo] = hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+    return _CONTENT[memo]
+
+
 def files_fingerprint(paths: Iterable[str | Path], root: str | Path | None = None) -> str:
-    """A digest of the files' names (relative to ``root`` when given), sizes and modification times: it changes
-    when any file is edited, replaced, added or removed, without reading the contents."""
+    """A digest of the files' names (relative to ``root`` when given) and contents: it changes when any file is
+    edited, replaced, added or removed, and not when the same files are copied afresh (new modification times),
+    so runs made from them stay valid on another machine or in another session."""
     entries = []
     for path in sorted(Path(p) for p in paths):
-        stat = path.stat()
         name = str(path.relative_to(root)) if root is not None else str(path)
-        entries.append((name, stat.st_size, stat.st_mtime_ns))
+        entries.append((name, file_digest(path)))
     return digest(entries, 20)
 
 

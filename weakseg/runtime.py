@@ -32,9 +32,12 @@ def configure_threads() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
 
 
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """Mixed precision on GPU (bfloat16 where supported); a no-op context on CPU."""
+def autocast(device: torch.device, enabled: bool, cpu: bool = False) -> torch.autocast:
+    """Mixed precision on GPU (bfloat16 where supported); on CPU bfloat16 only when ``cpu`` is set too (about
+    twice as fast on processors with AVX-512 BF16 or AMX, slower on those without), else a no-op context."""
     if device.type == "cuda" and enabled:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
+    if device.type == "cpu" and enabled and cpu:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)

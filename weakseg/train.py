@@ -143,8 +143,8 @@ def validate(
     total, count = 0.0, 0
     for images, masks, index in iterate_batches(split, batch_size, device):
         with autocast(device, amp):
-            logits = model(images)
-            total += float(loss_fn(logits, masks)) * len(index)
+            logits = model(images).float()
+        total += float(loss_fn(logits, masks)) * len(index)
         cm.update(model.probabilities(logits).argmax(1), masks)
         count += len(index)
     return {"loss": total / max(count, 1), **cm.compute()}
@@ -215,15 +215,15 @@ def train_one_epoch(
         order=order,
     )
     for images, masks, index in batches:
-        with autocast(device, config.amp):
+        with autocast(device, config.amp, config.cpu_amp):
             logits = head_logits(model, images, [sup.names[k] for k in active])
-            loss = images.new_zeros(())
-            for k in active:
-                rows = sup.labelled[index, k].to(device)
-                if rows.any():
-                    target = masks[:, k].float().div(255) if sup.targets[k].soft else masks[:, k]
-                    term = sup.losses[k](logits[sup.names[k]][rows], target[rows])
-                    loss = loss + sup.targets[k].weight * term
+        loss = images.new_zeros((), dtype=torch.float32)
+        for k in active:  # losses in float32 whatever precision the forward pass ran in
+            rows = sup.labelled[index, k].to(device)
+            if rows.any():
+                target = masks[:, k].float().div(255) if sup.targets[k].soft else masks[:, k]
+                term = sup.losses[k](logits[sup.names[k]][rows].float(), target[rows])
+                loss = loss + sup.targets[k].weight * term
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -40,7 +40,7 @@ class SegmentationDataset(ABC):
         """Load one sample by name."""
 
     def fingerprint(self) -> str:
-        """Changes whenever a file the dataset may read changes (names, sizes and times of every file under
+        """Changes whenever a file the dataset may read changes (names and contents of every file under
         ``root``): what keys the prepared-split cache and the runs made from this data."""
         return tree_fingerprint(self.root)
 

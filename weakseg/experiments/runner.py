@@ -21,6 +21,7 @@ from rich.console import Console
 
 from weakseg.config import SETTING_PATHS, ChoiceSpec, ExperimentSpec, RunConfig, apply_overrides
 from weakseg.errors import ConfigError
+from weakseg.experiments.records import restore_records, save_records
 from weakseg.experiments.results import aggregate, write_results
 from weakseg.identity import CODE_VERSIONS, digest
 from weakseg.io import write_json
@@ -195,6 +196,7 @@ def execute(seed_run: SeedRun, data_root: str | Path, splits_cache: dict, progre
     cache_key = config.dataset.model_dump_json()
     if cache_key not in splits_cache:
         splits_cache[cache_key] = load_splits(config, data_root, progress)
+    (seed_run.folder / "metrics.json").unlink(missing_ok=True)  # a run is finished only with metrics of its key
     write_json(seed_run.folder / "run.json", {"key": seed_run.key, "digest": digest(seed_run.key)})
     started = time.perf_counter()
     results = run(config, seed_run.folder, data_root, progress, splits=splits_cache[cache_key], shared_dir=shared)
@@ -250,15 +252,21 @@ def run_experiment(
     only: list[str] | None = None,
     publish_dir: Path | None = None,
     progress: bool = True,
+    records_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) every selected row for every seed; return and write the aggregated rows.
 
     Finished runs are kept in ``out_dir/<row>-<digest>/seed<k>/`` (``run.json`` holds the key) and skipped on a
     re-run with the same key; the results files gather every current row's finished runs in ``out_dir``, also
-    those run earlier with other filters, and list the run folders that no current row names.
+    those run earlier with other filters, and list the run folders that no current row names. With
+    ``records_dir``, the records of runs finished elsewhere (``records_dir/<experiment>``) are taken first, and
+    publishing writes the records of every finished current run there.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = records_dir / spec.name if records_dir is not None else None
+    if records is not None and (restored := restore_records(records, out_dir)):
+        console.print(f"{restored} finished run(s) taken from the records in {records}")
     (out_dir / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))
     filters = parse_only(only or [])
     grid_keys = {k for part in spec.part_list() for k in part.grid}
@@ -281,7 +289,7 @@ def run_experiment(
             console.print(f"[bold]row {number}/{len(selected)}[/] {row.setting} seed {seed}")
             chosen, _, _ = resolve(row, seed, planner, execute_run)
             execute_run(chosen)
-    return collect(spec, out_dir, rows, filters.get("stage"), publish_dir, planner)
+    return collect(spec, out_dir, rows, filters.get("stage"), publish_dir, planner, records)
 
 
 def _labels(runs: list[SeedRun]) -> dict[str, Any]:
@@ -303,10 +311,12 @@ def collect(
     stages: list[str] | None,
     publish_dir: Path | None,
     planner: Planner,
+    records: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Aggregate the finished seeds of every current row (and stage) into the results files, with the labels
-    each row consumed and its choices; runs of older specs are counted and named, not reported."""
-    table, current = [], set()
+    each row consumed and its choices; runs of older specs are counted and named, not reported. Publishing also
+    writes the records of the finished runs to ``records``."""
+    table, current, reported = [], set(), []
     for row in rows:
         per_stage: dict[str, list[dict[str, Any]]] = {}
         extras: dict[str, dict[str, Any]] = {}
@@ -330,6 +340,7 @@ def collect(
                 continue
             finished.append(seed)
             touched += [seed_run, *alternatives]
+            reported += [seed_run.folder, *(alt.folder for alt in alternatives)]
             if choice:
                 choices.append(choice)
             for result in seed_run.results():
@@ -360,4 +371,6 @@ def collect(
             f"reported[/] (older specs or code): {', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}"
         )
     write_results(out_dir, spec.name, table, publish_dir, stale=stale)
+    if publish_dir is not None and records is not None:
+        save_records(reported, out_dir, records)
     return table
