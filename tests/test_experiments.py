@@ -248,7 +248,8 @@ def test_a_part_chooses_on_the_budgets_masks_never_on_test(tmp_path, demo_root):
 
 def test_published_records_stand_in_for_finished_runs_on_a_fresh_machine(tmp_path, demo_root, monkeypatch):
     # a first machine runs seed 0 and publishes; a second one (no run folder) gets seed 0 from the records,
-    # trains seed 1 only, and publishes both; a changed config value trains its row again
+    # trains seed 1 only, and publishes both; a third publishes seed 1 alone and keeps seed 0's records; a
+    # changed config value trains its row again and drops the records of the row it replaces
     parts = [{"name": "a", "grid": {"coverage": [50]}}, {"name": "b", "grid": {"coverage": [100]}}]
     path = write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts, seeds=[0])
     docs, records = tmp_path / "docs", tmp_path / "docs" / "runs"
@@ -282,6 +283,10 @@ def test_published_records_stand_in_for_finished_runs_on_a_fresh_machine(tmp_pat
         iou = [seed0[0]["metrics"]["iou"], seed1[0]["metrics"]["iou"]]
         assert after["metrics"]["iou"]["mean"] == pytest.approx(sum(iou) / 2)
     assert len(list((records / "tiny").glob("*/seed*"))) == 4
+    path = write_spec(tmp_path / "s.yaml", demo_root, grid={}, parts=parts, seeds=[1])
+    trained.clear()
+    run_experiment(load_spec(path), "/", tmp_path / "two", publish_dir=docs, records_dir=records)
+    assert not trained and len(list((records / "tiny").glob("*/seed*"))) == 4
 
     # part b's learning rate changes: only b trains (both seeds), and b's old records are dropped on publish
     trained.clear()
@@ -291,3 +296,4 @@ def test_published_records_stand_in_for_finished_runs_on_a_fresh_machine(tmp_pat
     assert trained == [(100, 0), (100, 1)]
     configs = [json.loads(p.read_text())["key"]["config"]["train"]["lr"] for p in records.glob("tiny/*/seed*/run.json")]
     assert sorted(configs) == [0.001, 0.001, 0.002, 0.002]
+    assert len(list((records / "tiny").glob("*coverage-100*"))) == 1

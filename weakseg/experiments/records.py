@@ -39,17 +39,11 @@ def restore_records(records: Path, out_dir: Path) -> int:
     return copied
 
 
-def save_records(folders: Iterable[Path], out_dir: Path, records: Path) -> None:
-    """Keep the records of these finished run folders (under ``out_dir``) and only those: records that no
-    current run names are removed."""
-    keep = set()
+def save_records(folders: Iterable[Path], out_dir: Path, records: Path, stale: Iterable[str]) -> None:
+    """Record these finished run folders (under ``out_dir``) and drop the records of the ``stale`` row folders
+    (those no row of the current spec names); records of other seeds of current rows stay."""
     for folder in folders:
-        relative = folder.relative_to(out_dir)
-        keep.add(relative)
-        _copy(folder, records / relative)
-    for record in _record_folders(records):
-        if record.relative_to(records) not in keep:
-            shutil.rmtree(record)
-    for row in records.glob("*") if records.is_dir() else []:
-        if row.is_dir() and not any(row.iterdir()):
-            row.rmdir()
+        _copy(folder, records / folder.relative_to(out_dir))
+    for name in stale:
+        if (records / name).is_dir():
+            shutil.rmtree(records / name)

@@ -372,5 +372,5 @@ def collect(
         )
     write_results(out_dir, spec.name, table, publish_dir, stale=stale)
     if publish_dir is not None and records is not None:
-        save_records(reported, out_dir, records)
+        save_records(reported, out_dir, records, stale)
     return table
