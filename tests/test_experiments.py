@@ -297,3 +297,17 @@ def test_published_records_stand_in_for_finished_runs_on_a_fresh_machine(tmp_pat
     configs = [json.loads(p.read_text())["key"]["config"]["train"]["lr"] for p in records.glob("tiny/*/seed*/run.json")]
     assert sorted(configs) == [0.001, 0.001, 0.002, 0.002]
     assert len(list((records / "tiny").glob("*coverage-100*"))) == 1
+
+
+def test_a_setting_added_at_its_neutral_value_keeps_the_keys_of_recorded_runs():
+    from weakseg.config import RunConfig
+    from weakseg.experiments.runner import run_key
+
+    config = RunConfig()
+    key = run_key(config, {"trainval": "x"})
+    # recorded before train.cpu_amp existed: the same dump without that setting
+    before = config.model_dump(exclude={"train": {"progress"}})
+    del before["train"]["cpu_amp"]
+    assert key["config"] == json.loads(json.dumps(before, default=str))
+    changed = run_key(config.model_copy(update={"train": config.train.model_copy(update={"cpu_amp": True})}), {})
+    assert changed["config"]["train"]["cpu_amp"] is True

@@ -26,6 +26,24 @@ CODE_VERSIONS = {
 run and artefact it made is made again."""
 
 
+NEUTRAL_SETTINGS: dict[str, Any] = {
+    "train.cpu_amp": False,
+}
+"""Config settings added after runs were recorded, at the value that reproduces what those runs did: a run key
+leaves a setting out while it has this value, so adding a setting does not re-run every finished run. A new
+setting goes here with its backward-compatible value; changing the value of an existing one still re-runs."""
+
+
+def without_neutral(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dump (``{"train": {...}, ...}``) less the settings at their :data:`NEUTRAL_SETTINGS` value."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
+    for path, value in NEUTRAL_SETTINGS.items():
+        section, _, key = path.partition(".")
+        if isinstance(out.get(section), dict) and key in out[section] and out[section][key] == value:
+            del out[section][key]
+    return out
+
+
 def digest(ident: Any, length: int = 16) -> str:
     """A short stable hash of a JSON-able description (dict keys sorted; other objects by ``str``)."""
     text = json.dumps(ident, sort_keys=True, default=str)

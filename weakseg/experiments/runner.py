@@ -23,7 +23,7 @@ from weakseg.config import SETTING_PATHS, ChoiceSpec, ExperimentSpec, RunConfig,
 from weakseg.errors import ConfigError
 from weakseg.experiments.records import restore_records, save_records
 from weakseg.experiments.results import aggregate, write_results
-from weakseg.identity import CODE_VERSIONS, digest
+from weakseg.identity import CODE_VERSIONS, digest, without_neutral
 from weakseg.io import write_json
 from weakseg.labels import LABEL_KINDS
 from weakseg.pipeline import load_dataset, load_splits, run
@@ -127,9 +127,10 @@ class DataFingerprints:
 
 
 def run_key(config: RunConfig, data: dict[str, str]) -> dict[str, Any]:
-    """Everything that produces a run's results: the resolved config (less the progress bar), the dataset files'
-    fingerprints and the label-producing code's versions."""
-    key = {"config": config.model_dump(exclude={"train": {"progress"}}), "data": data, "code": CODE_VERSIONS}
+    """Everything that produces a run's results: the resolved config (less the progress bar and settings at their
+    neutral value), the dataset files' fingerprints and the label-producing code's versions."""
+    dump = without_neutral(config.model_dump(exclude={"train": {"progress"}}))
+    key = {"config": dump, "data": data, "code": CODE_VERSIONS}
     return json.loads(json.dumps(key, default=str))  # as run.json stores it (tuples become lists)
 
 
