@@ -22,13 +22,13 @@ def default_target_layers(model: nn.Module) -> list[nn.Module]:
         return [layer4]
     if isinstance(getattr(model, "bn2", None), nn.Module) and isinstance(getattr(model, "conv_head", None), nn.Module):
         return [model.bn2]
-    layer = _probe_final_feature_layer(model)
+    layer = probe_final_feature_layer(model)
     if layer is None:
         raise ValueError(f"cannot guess a target layer for {type(model).__name__}: pass target_layers")
     return [layer]
 
 
-def _probe_final_feature_layer(model: nn.Module) -> nn.Module | None:
+def probe_final_feature_layer(model: nn.Module) -> nn.Module | None:
     """The outermost submodule whose output is the tensor ``forward_features`` returns (not modified after)."""
     if not callable(getattr(model, "forward_features", None)):
         return None

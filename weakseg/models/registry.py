@@ -49,7 +49,9 @@ def build_model(
     mode: str = "multiclass",
     **kwargs: Any,
 ) -> Segmenter:
-    """Build a segmentation model with a timm encoder (``heads=[...]``: one head per supervision source).
+    """Build a segmentation model with a timm encoder (``heads=[...]``: one head per supervision source;
+    ``tags=K``: a K-way classification branch on the encoder, a :class:`MultiTaskSegmenter`, with
+    ``multilabel=True`` for multi-label tags).
 
     classes: number of mask classes (2 for foreground/background).
     mode:    ``multiclass`` (``classes`` logits, softmax) or ``binary`` (one logit, sigmoid; needs classes=2).
@@ -64,13 +66,18 @@ def build_model(
         raise ConfigError("binary mode predicts one foreground logit: it needs classes=2")
     encoder = encoder.removeprefix("tu-")
     heads, primary = kwargs.pop("heads", None), kwargs.pop("primary", None)
+    tags, multilabel = kwargs.pop("tags", None), bool(kwargs.pop("multilabel", False))
+    if tags and heads:
+        raise ConfigError("a model has either one head per supervision source (heads) or a tag branch (tags)")
     factory = _MODELS[arch]
     out_channels = 1 if mode == "binary" else classes
     weights = None if weights in (None, "none", "None", "") else weights
 
+    aux = {"aux_params": {"classes": int(tags), "dropout": 0.2, "pooling": "avg"}} if tags else {}
+
     def make(encoder_weights: bool | None) -> nn.Module:
         try:
-            return factory(f"tu-{encoder}", encoder_weights, out_channels, **kwargs)
+            return factory(f"tu-{encoder}", encoder_weights, out_channels, **kwargs, **aux)
         except (RuntimeError, KeyError) as err:
             if "Unknown model" in str(err) or "Invalid model" in str(err):
                 raise ConfigError(f"unknown timm encoder '{encoder}'") from err
@@ -86,7 +93,13 @@ def build_model(
             load_weights_file(net.encoder.model, weights)
     mean, std = normalization(encoder)
     spec = {"arch": arch, "encoder": encoder, "classes": classes, "mode": mode, **kwargs}
+    if tags:
+        spec |= {"tags": int(tags), "multilabel": multilabel}
     model = Segmenter(net, mean, std, spec)
+    if tags:
+        from weakseg.models.multitask import MultiTaskSegmenter
+
+        model = MultiTaskSegmenter(model)
     if heads:  # one head per supervision source on the shared encoder-decoder
         from weakseg.models.multihead import MultiHeadSegmenter
 
