@@ -68,6 +68,16 @@ class MethodConfig(Section):
     refine_size: int | None = Field(
         None, description="image size the refinement runs at (more detail for GrabCut/CRF); None: dataset.size"
     )
+    rounds: int = Field(3, ge=0, description="selftrain: rounds after round 0 (pseudo-labels made again each round)")
+    regenerate: Literal["cam", "seg", "fusion"] = Field(
+        "cam",
+        description="selftrain: what later rounds make pseudo-labels from: the classification branch's CAMs, the "
+        "segmenter's foreground probability, or their mean",
+    )
+    restart: bool = Field(
+        False, description="selftrain: each later round trains from the weights the model was built with"
+    )
+    tag_weight: float = Field(1.0, ge=0, description="selftrain: weight of the tag loss beside the segmentation loss")
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("refine")

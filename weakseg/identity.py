@@ -28,6 +28,10 @@ run and artefact it made is made again."""
 
 NEUTRAL_SETTINGS: dict[str, Any] = {
     "train.cpu_amp": False,
+    "method.rounds": 3,
+    "method.regenerate": "cam",
+    "method.restart": False,
+    "method.tag_weight": 1.0,
 }
 """Config settings added after runs were recorded, at the value that reproduces what those runs did: a run key
 leaves a setting out while it has this value, so adding a setting does not re-run every finished run. A new

@@ -8,7 +8,8 @@ with its own loss (hard labels: ``train.loss`` over known pixels; soft maps: sof
 the images it labels; an epoch draws from every labelled image alike, or in equal shares per head
 (``train.sampling: balanced``). In the last ``train.strong_only`` fraction of epochs only the primary head learns,
 on the images the primary target labels, at ``train.strong_lr`` times the learning rate. A plain model with the
-split's masks is the single-target case.
+split's masks is the single-target case. A multi-task model (``build_model(..., tags=K)``) also learns the
+split's image tags with its classification branch, the tag loss weighted by ``tag_weight``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from weakseg import identity
+from weakseg.classify import classification_loss, tag_targets
 from weakseg.config import TrainConfig
 from weakseg.data.prepared import PreparedSplit, draw, iterate_batches
 from weakseg.errors import ConfigError
@@ -34,6 +36,7 @@ from weakseg.io import atomic_path
 from weakseg.losses import SoftCrossEntropy, build_loss
 from weakseg.metrics import ConfusionMatrix
 from weakseg.models.multihead import MultiHeadSegmenter
+from weakseg.models.multitask import MultiTaskSegmenter
 from weakseg.models.segmenter import Segmenter
 from weakseg.runtime import autocast, seed_everything
 from weakseg.sources.target import Target
@@ -161,12 +164,20 @@ class Supervision:
     losses: list[torch.nn.Module]
     labelled: torch.Tensor  # (N, K) bool
     stacked: PreparedSplit  # masks (N, K, S, S)
+    tags: torch.Tensor | None = None  # the images' tags for a multi-task model: multi-hot (N, T) or ids (N,)
+    tag_weight: float = 0.0
+    multilabel: bool = False
 
 
 def supervision(
-    model: Segmenter, train: PreparedSplit, targets: list[Target] | None, config: TrainConfig
+    model: Segmenter,
+    train: PreparedSplit,
+    targets: list[Target] | None,
+    config: TrainConfig,
+    tag_weight: float = 0.0,
 ) -> Supervision:
-    """Check ``targets`` (default: ``train.masks`` for the one head) against the model and the split."""
+    """Check ``targets`` (default: ``train.masks`` for the one head) against the model and the split; with
+    ``tag_weight``, the split's tags for the classification branch of a multi-task model."""
     if targets is None:
         if train.masks is None:
             raise ConfigError("the training split has no masks and no targets were given")
@@ -178,6 +189,12 @@ def supervision(
     if config.strong_init and config.strong_init not in names:
         raise ConfigError(f"train.strong_init: no head '{config.strong_init}' among the targets' heads {names}")
     mode = model.spec.get("mode", "multiclass")
+    tags, multilabel = None, False
+    if tag_weight > 0:
+        if not isinstance(model, MultiTaskSegmenter) or not train.tag_classes:
+            raise ConfigError("a tag loss needs a multi-task model (tags=K) and a training split with image tags")
+        multilabel = model.multilabel
+        tags = tag_targets(train, list(range(len(train))), model.num_tags, multilabel)
     return Supervision(
         targets=targets,
         names=names,
@@ -185,6 +202,9 @@ def supervision(
         losses=[SoftCrossEntropy(mode) if t.soft else build_loss(config.loss, mode) for t in targets],
         labelled=torch.stack([t.labelled for t in targets], 1),
         stacked=dataclasses.replace(train, masks=torch.stack([t.labels for t in targets], 1)),
+        tags=tags,
+        tag_weight=tag_weight,
+        multilabel=multilabel,
     )
 
 
@@ -216,8 +236,15 @@ def train_one_epoch(
     )
     for images, masks, index in batches:
         with autocast(device, config.amp, config.cpu_amp):
-            logits = head_logits(model, images, [sup.names[k] for k in active])
+            if sup.tags is not None:
+                mask_logits, tag_logits = model.forward_both(images)
+                logits = {sup.names[0]: mask_logits}
+            else:
+                logits = head_logits(model, images, [sup.names[k] for k in active])
         loss = images.new_zeros((), dtype=torch.float32)
+        if sup.tags is not None:  # the classification branch learns the images' tags
+            tags = sup.tags[index].to(device)
+            loss = loss + sup.tag_weight * classification_loss(tag_logits.float(), tags, sup.multilabel, 0.0)
         for k in active:  # losses in float32 whatever precision the forward pass ran in
             rows = sup.labelled[index, k].to(device)
             if rows.any():
@@ -278,15 +305,16 @@ def fit(
     run_key: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     targets: list[Target] | None = None,
+    tag_weight: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` on ``targets`` (default: ``train.masks`` for the one head); keep ``best.pt`` by validation
     ``config.monitor`` on the primary head (or the last epoch without validation) and ``last.pt`` for resuming.
     With ``config.early_stop``, training ends once that score has not improved for so many epochs. Returns with
     ``model`` holding the best weights. ``meta`` (input size, fit, class names) is stored in the checkpoints for
-    prediction."""
+    prediction. ``tag_weight`` > 0 adds the tag loss of a multi-task model's classification branch."""
     # Setup: the supervision, the optimiser and its schedule, the random streams.
     out_dir = Path(out_dir)
-    sup = supervision(model, train, targets, config)
+    sup = supervision(model, train, targets, config, tag_weight)
     validating = val is not None and len(val) > 0
     if config.early_stop is not None and not validating:
         raise ConfigError("train.early_stop needs a validation split whose score it monitors; none was given")
@@ -296,6 +324,8 @@ def fit(
     if sup.targets[sup.primary_k].soft:
         val_loss = build_loss(config.loss, model.spec.get("mode", "multiclass"))
     ident = {"seed": seed, "model": model.spec, "n": len(train), "targets": [t.ident() for t in sup.targets]}
+    if tag_weight > 0:
+        ident["tag_weight"] = tag_weight
     digest = config_digest(config, (run_key or {}) | ident)
     generator = seed_everything(seed)
     model.to(device, memory_format=torch.channels_last)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from weakseg.data.prepared import PreparedSplit
 from weakseg.evaluate import evaluate_model
-from weakseg.models import build_model
+from weakseg.models import Segmenter, build_model
 from weakseg.pipeline import RunContext, StageResult
 from weakseg.runtime import seed_everything
 from weakseg.sources.target import Target
@@ -22,10 +24,26 @@ def train_and_test(
     """Build the configured model (one head per target when there are several, ``primary`` predicting), fit it
     on ``targets`` (default: ``train_split``'s masks), validating on ``val_split`` (default: the run's
     validation split), and score it on the test split."""
-    m, t = ctx.config.model, ctx.config.train
+    m = ctx.config.model
     seed_everything(ctx.config.seed)  # the decoder's random initialisation depends on the seed too
     heads = {"heads": [x.name for x in targets], "primary": primary} if targets and len(targets) > 1 else {}
     model = build_model(m.arch, m.encoder, len(ctx.train.mask_classes), m.weights, m.mode, **heads, **m.options)
+    return fit_and_test(ctx, model, train_split, run_key, val_split, targets)
+
+
+def fit_and_test(
+    ctx: RunContext,
+    model: Segmenter,
+    train_split: PreparedSplit,
+    run_key: dict,
+    val_split: PreparedSplit | None = None,
+    targets: list[Target] | None = None,
+    out_dir: Path | None = None,
+    tag_weight: float = 0.0,
+) -> StageResult:
+    """Fit ``model`` (checkpoints in ``out_dir``, default the run's folder) and score it on the test split:
+    the ``final`` stage, with the kept epoch and its validation scores."""
+    t = ctx.config.train
     meta = {
         "size": ctx.config.dataset.size,
         "fit": ctx.config.dataset.fit,
@@ -37,12 +55,13 @@ def train_and_test(
         train_split,
         val,
         t,
-        ctx.out_dir,
+        out_dir or ctx.out_dir,
         ctx.device,
         ctx.config.seed,
         run_key=run_key,
         meta=meta,
         targets=targets,
+        tag_weight=tag_weight,
     )
     metrics = evaluate_model(
         model, ctx.test, ctx.device, t.eval_batch_size, tta=t.tta, amp=t.amp, progress=ctx.progress

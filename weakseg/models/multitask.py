@@ -58,6 +58,10 @@ class TagBranch(nn.Module):
         self._layers: list[nn.Module] | None = None
 
     @property
+    def spec(self) -> dict:
+        return self.model.spec
+
+    @property
     def num_classes(self) -> int:
         return self.model.num_tags
 

@@ -1,0 +1,104 @@
+"""Multi-task self-training (issue 11): tags -> classification branch -> CAM -> refine -> train, in rounds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.synthetic import tagged_blob_split
+from weakseg.config import RunConfig, TrainConfig
+from weakseg.errors import ConfigError
+from weakseg.methods.selftrain import foreground_probability
+from weakseg.methods.tags import quality
+from weakseg.models import build_model, load_model
+from weakseg.pipeline import RunContext, run
+from weakseg.refine import Refiner, parse_pipeline
+from weakseg.train import fit
+
+
+def _config(**method) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "dataset": {"val_fraction": 0.2, "size": 128},
+            "method": {"name": "selftrain", "refine": "otsu", "rounds": 1, "regenerate": "seg", **method},
+            "model": {"mode": "multiclass"},
+            "classifier": {"epochs": 8, "batch_size": 8, "lr": 2e-3},
+            "train": {"epochs": 1, "batch_size": 8, "loss": "ce", "progress": False},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return tagged_blob_split(24, size=128, seed=3), tagged_blob_split(6, size=128, seed=9)
+
+
+@pytest.mark.slow
+def test_rounds_regenerate_pseudo_labels_from_the_previous_rounds_model(tmp_path, splits):
+    train, test = splits
+    config = _config()
+    results = run(config, tmp_path / "run", splits=splits, progress=False)
+    assert [(r.stage, r.setting) for r in results] == [
+        ("pseudo", {"round": 0}),
+        ("final", {"round": 0}),
+        ("pseudo", {"round": 1}),
+        ("final", {"round": 1}),
+    ]
+    # Otsu on the branch's CAMs localises the blobs: well above labelling every pixel foreground
+    assert results[0].metrics["iou"] > 1.5 * float((train.masks == 1).float().mean())
+    # round 1's pseudo-labels are round 0's segmenter output refined by the pipeline: recompute them
+    model = load_model(tmp_path / "run" / "round0" / "best.pt")
+    assert model.num_tags == 2
+    ctx = RunContext(config, tmp_path, torch.device("cpu"), train, train, None, test, None, tmp_path)
+    soft = foreground_probability(model, train, ctx)
+    with Refiner(parse_pipeline("otsu"), workers=1) as refiner:
+        masks = refiner.map(list(train.images.permute(0, 2, 3, 1).numpy()), list(soft.numpy()))
+    recomputed = quality(torch.from_numpy(np.stack(masks)), train.masks)
+    assert results[2].metrics["iou"] == pytest.approx(recomputed["iou"], abs=0.01)
+    # tags only: every training image's tags, the held-out images' tags for validation, no mask
+    labels = json.loads((tmp_path / "run" / "labels.json").read_text())
+    assert labels["masks"] == 0 and labels["tags"] == len(train)
+    assert labels["by_use"]["validation"] == {"tags": round(0.2 * len(train))}
+
+    # the same command again resumes every round from its checkpoints: identical results, nothing retrained
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").glob("round*/*.pt")}
+    again = run(config, tmp_path / "run", splits=splits, progress=False)
+    assert [r.metrics for r in again] == [r.metrics for r in results]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_the_tag_loss_trains_the_classification_branch_with_the_segmenter(tmp_path):
+    # fit without a tag loss leaves the branch as it was; with one, it learns, and the tags are the split's
+    split = tagged_blob_split(8, size=64, seed=1)
+    config = TrainConfig(epochs=1, batch_size=4, loss="ce", progress=False)
+
+    def branch_after(tag_weight: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_model("unet", classes=2, weights=None, tags=2)
+        fit(model, split, None, config, tmp_path / str(tag_weight), torch.device("cpu"), tag_weight=tag_weight)
+        return model.tag_classifier().get_classifier().weight.detach()
+
+    torch.manual_seed(0)
+    start = build_model("unet", classes=2, weights=None, tags=2).tag_classifier().get_classifier().weight.detach()
+    torch.testing.assert_close(branch_after(0.0), start)
+    assert not torch.allclose(branch_after(1.0), start)
+    with pytest.raises(ConfigError, match="multi-task"):
+        fit(
+            build_model("unet", classes=2, weights=None),
+            split,
+            None,
+            config,
+            tmp_path / "x",
+            torch.device("cpu"),
+            tag_weight=1.0,
+        )
+
+
+def test_an_unknown_regeneration_source_is_a_config_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        _config(regenerate="dreams")

@@ -1,0 +1,129 @@
+"""Multi-task self-training from image tags (``method: selftrain``).
+
+One model: a timm encoder shared by a segmentation decoder and a tag classification branch. Round 0: the branch
+learns the tags (the ``classifier`` settings: epochs, crops, learning rate), its CAMs (``method.cam_method``)
+are refined into pseudo-labels (``method.refine``, e.g. ``otsu | crf``), and the whole model trains on them,
+segmentation loss plus ``method.tag_weight`` times the tag loss. Each later round (``method.rounds``) makes the
+pseudo-labels again from the updated model (``method.regenerate``: its CAMs, its segmentation output, or their
+mean) and trains again, continuing from the current weights or, with ``method.restart``, from the weights the
+model was built with.
+
+Stages, each with the row setting ``round``: ``pseudo`` (the round's pseudo-labels against the whole training
+split's ground truth, a diagnostic that chooses nothing), ``dev`` (with ``method.dev``: the same on the budget's
+masked images, counted as tuning labels) and ``final`` (the round's segmenter on the test split, validated on
+pseudo-labels of held-out images). Interrupted runs resume: each round keeps its checkpoints in ``round<r>/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import torch
+
+from weakseg.classify import is_multilabel, train_classifier
+from weakseg.data.prepared import PreparedSplit
+from weakseg.errors import ConfigError
+from weakseg.evaluate import predict_probabilities
+from weakseg.methods.segmenter import fit_and_test
+from weakseg.methods.tags import quality, refine_split
+from weakseg.models import build_model
+from weakseg.models.multitask import MultiTaskSegmenter
+from weakseg.pipeline import RunContext, StageResult, register_method
+from weakseg.refine import parse_pipeline
+from weakseg.runtime import seed_everything
+from weakseg.sources.cam import cam_maps, to_uint8
+from weakseg.sources.target import Target
+from weakseg.visualize import save_label_examples
+
+
+@torch.no_grad()
+def foreground_probability(model: MultiTaskSegmenter, split: PreparedSplit, ctx: RunContext) -> torch.Tensor:
+    """The segmenter's foreground probability (N, S, S) on the CPU for every image of ``split``."""
+    model.eval()
+    out = []
+    for start in range(0, len(split), ctx.config.train.eval_batch_size):
+        images = split.images[start : start + ctx.config.train.eval_batch_size].to(ctx.device).float().div_(255)
+        out.append(predict_probabilities(model, images, ctx.config.train.tta, ctx.config.train.amp)[:, 1].cpu())
+    return torch.cat(out)
+
+
+def with_labels(part: PreparedSplit, masks: torch.Tensor, index: dict[str, int]) -> PreparedSplit:
+    """``part`` of the training split with its rows of ``masks`` (pseudo-labels of the whole split)."""
+    return part.with_masks(masks[[index[n] for n in part.names]])
+
+
+def round_maps(model: MultiTaskSegmenter, ctx: RunContext, source: str) -> torch.Tensor:
+    """Soft foreground maps (N, S, S) in [0, 1] for the training split: the classification branch's CAMs for
+    each image's tags (``cam``), the segmenter's foreground probability (``seg``), or their mean (``fusion``)."""
+    split, cfg = ctx.train_full, ctx.config
+    maps = []
+    if source in ("cam", "fusion"):
+        branch = model.tag_classifier()
+        maps.append(cam_maps(branch, split.images, split.labels, cfg.method.cam_method, cfg.cam, ctx.device))
+    if source in ("seg", "fusion"):
+        maps.append(foreground_probability(model, split, ctx))
+    return torch.stack(maps).mean(0)
+
+
+def self_training(ctx: RunContext) -> list[StageResult]:
+    cfg, split = ctx.config, ctx.train_full
+    if len(split.mask_classes) != 2:
+        raise ConfigError("selftrain makes foreground/background pseudo-labels: the dataset needs 2 mask classes")
+    if not split.tag_classes:
+        raise ConfigError(f"dataset '{cfg.dataset.name}' has no image tags to self-train from")
+    m = cfg.model
+    seed_everything(cfg.seed)
+    model = build_model(
+        m.arch, m.encoder, 2, m.weights, m.mode, tags=len(split.tag_classes),
+        multilabel=is_multilabel(split, cfg.classifier), **m.options,
+    )  # fmt: skip
+    built = copy.deepcopy(model.state_dict())
+    pipeline = parse_pipeline(cfg.method.refine)
+
+    # Round 0 starts from a classification branch that knows the tags.
+    ctx.ledger.record("train", "tags", {n: len(t) for n, t in zip(split.names, split.labels, strict=True)})
+    classifier_path = ctx.out_dir / "round0" / "classifier.pt"
+    accuracy = train_classifier(
+        model.tag_classifier(), split, cfg.classifier, classifier_path, ctx.device, cfg.seed, ctx.test, ctx.progress
+    ).accuracy
+    if ctx.val is not None:  # the held-out images validate on pseudo-labels made from their tags
+        val_tags = {n: len(t) for n, t in zip(ctx.val.names, ctx.val.labels, strict=True)}
+        ctx.ledger.record("validation", "tags", val_tags)
+
+    index = {n: i for i, n in enumerate(split.names)}
+    dev = ctx.selection.images_with("masks", split.names) if cfg.method.dev else []
+    if dev:
+        ctx.ledger.record("tuning", "masks", dev)
+    results = []
+    for r in range(cfg.method.rounds + 1):
+        soft = to_uint8(round_maps(model, ctx, "cam" if r == 0 else cfg.method.regenerate))
+        masks = refine_split(ctx, split, soft, pipeline)
+        if r == 0:
+            save_label_examples(
+                ctx.out_dir / "pseudo_examples.png", split, [Target("cam", soft, soft=True), Target("pseudo", masks)]
+            )
+        setting = {"round": r}
+        if split.masks is not None:
+            results.append(StageResult("pseudo", quality(masks, split.masks), setting))
+            if dev:
+                rows = [index[n] for n in dev]
+                dev_metrics = {**quality(masks[rows], split.masks[rows]), "images": len(dev)}
+                results.append(StageResult("dev", dev_metrics, setting))
+        if not cfg.method.segmenter:
+            break
+        if cfg.method.restart and r > 0:
+            model.load_state_dict(built)
+        val = with_labels(ctx.val, masks, index) if ctx.val is not None else None
+        key = {"round": r, "pseudo": hashlib.blake2b(masks.numpy().tobytes(), digest_size=8).hexdigest()}
+        final = fit_and_test(
+            ctx, model, with_labels(ctx.train, masks, index), key, val, out_dir=ctx.out_dir / f"round{r}",
+            tag_weight=cfg.method.tag_weight,
+        )  # fmt: skip
+        final.metrics["classifier_accuracy"] = accuracy
+        final.setting = setting
+        results.append(final)
+    return results
+
+
+register_method("selftrain", primary=lambda config: "tags")(self_training)
