@@ -20,7 +20,7 @@ from weakseg.data import oxford_pet as oxford_module
 from weakseg.data.download import fetch_archives
 from weakseg.data.folder import FolderDataset
 from weakseg.data.kvasir import KvasirSeg
-from weakseg.data.oxford_pet import OxfordPet
+from weakseg.data.oxford_pet import SPECIES, OxfordPet
 from weakseg.data.prepared import cache_dir, prepare
 from weakseg.data.sample import Sample
 from weakseg.data.transforms import fit_sample
@@ -114,6 +114,22 @@ def test_demo_sample_species_tags(demo_root):
         assert ds.tag_classes[sample.labels[0]] == expected == ds.species[sample.name]
     with pytest.raises(ValueError, match="tags"):
         OxfordPet(demo_root, split="all", tags="colour")
+
+
+def test_pet_masks_can_carry_the_tag_class(demo_root):
+    # background / cat / dog: the trimap's pet pixels take 1 + the image's species; the rest is as in the binary masks
+    binary = OxfordPet(demo_root, split="test", tags="species")
+    species = OxfordPet(demo_root, split="test", tags="species", masks="tags")
+    assert species.mask_classes == ["background", "cat", "dog"] and binary.mask_classes == ["background", "pet"]
+    for name in binary.names[::6]:
+        plain, classed = binary.load(name).mask, species.load(name).mask
+        cls = 1 + SPECIES.index(binary.species[name])
+        assert np.array_equal(classed == cls, plain == 1) and np.array_equal(classed != cls, plain != 1)
+        assert set(np.unique(classed)) <= {0, cls, IGNORE_INDEX}
+    breeds = OxfordPet(demo_root, split="test", masks="tags")
+    assert breeds.mask_classes == ["background", *breeds.tag_classes]
+    with pytest.raises(ValueError, match="masks"):
+        OxfordPet(demo_root, split="test", masks="breed")
 
 
 def test_demo_head_box_matches_rescaled_xml(demo_root):

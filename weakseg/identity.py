@@ -54,14 +54,15 @@ def digest(ident: Any, length: int = 16) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:length]
 
 
-_CONTENT: dict[tuple[str, int, int], str] = {}
+_CONTENT: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def file_digest(path: str | Path) -> str:
-    """BLAKE2b of a file's bytes, remembered per (path, size, modification time) for the process."""
+    """BLAKE2b of a file's bytes, remembered for the process per (path, inode, size, modification and status-change
+    times): any write changes the status-change time, also when a tool restores the size and modification time."""
     path = Path(path)
     stat = path.stat()
-    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    memo = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if memo not in _CONTENT:
         with open(path, "rb") as f:
             _CONTENT[memo] = hashlib.file_digest(f, "blake2b").hexdigest()[:32]

@@ -57,14 +57,25 @@ class OxfordPet(SegmentationDataset):
     """Oxford-IIIT Pet. Masks: trimap 1 = pet -> 1, 2 = background -> 0, 3 = boundary -> ignore.
 
     Tags are the breeds present in ``list.txt`` (37 in the full dataset), or the species with ``tags='species'``.
-    Splits: ``trainval``, ``test``, ``all``. Boxes are the head boxes (trainval images only).
+    With ``masks='tags'`` the pet's pixels carry its tag's class instead (1 + the tag index: background / cat /
+    dog with species tags, background + one class per breed with breed tags), a multi-class task whose ground
+    truth follows from each image's tag. Splits: ``trainval``, ``test``, ``all``. Boxes are the head boxes
+    (trainval images only).
     """
 
-    mask_classes = ["background", "pet"]
-
-    def __init__(self, root: str | Path, split: str = "trainval", tags: str = "breed", download: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "trainval",
+        tags: str = "breed",
+        download: bool = False,
+        masks: str = "pet",
+    ):
         super().__init__(root, split)
         self.tags = tags
+        if masks not in ("pet", "tags"):
+            raise ValueError(f"masks must be 'pet' or 'tags', not '{masks}'")
+        self.masks = masks
         ann = self.root / "annotations"
         if download and not (ann / "list.txt").is_file():
             fetch_archives(URLS, self.root)
@@ -95,6 +106,7 @@ class OxfordPet(SegmentationDataset):
             raise ValueError(f"tags must be 'breed' or 'species', not '{tags}'")
         self.species = {n: SPECIES[s - 1] for n, _, s in rows}
         self.names = [n for n, _, _ in rows]
+        self.mask_classes = ["background", *self.tag_classes] if masks == "tags" else ["background", "pet"]
 
     def image_path(self, name: str) -> Path:
         return self.root / "images" / f"{name}.jpg"
@@ -108,7 +120,7 @@ class OxfordPet(SegmentationDataset):
         if trimap.shape != image.shape[:2]:
             raise DataFileError(self.mask_path(name), f"trimap size {trimap.shape} != image size {image.shape[:2]}")
         mask = np.full(trimap.shape, IGNORE_INDEX, np.uint8)
-        mask[trimap == 1] = 1
+        mask[trimap == 1] = 1 + self._tags[name] if self.masks == "tags" else 1
         mask[trimap == 2] = 0
         xml = self.root / "annotations" / "xmls" / f"{name}.xml"
         boxes = read_head_boxes(xml) if xml.is_file() else np.zeros((0, 4), np.float32)
