@@ -249,3 +249,38 @@ def test_pseudo_labels_refined_at_native_resolution(tmp_path, demo_root):
         assert mask.shape == dataset.load(name).size and set(np.unique(mask)) <= {0, 255}
     with pytest.raises(Exception, match="refine_at"):
         pseudo_label_dataset(dataset, model, out, refine_at="somewhere", progress=False)
+
+
+def test_dev_and_rest_stages_split_the_training_images_by_the_budget(tmp_path, tagged):
+    # 25 % of the images keep masks: the pseudo-labels are scored on them (dev, tuning use) and on the others
+    # (rest); both equal direct counts on the stored pseudo-labels
+    config = RunConfig.model_validate(
+        {
+            "dataset": {"val_fraction": 0.0, "size": 128},
+            "budget": {"coverage": 25},
+            "method": {"name": "gradcam", "refine": "otsu", "dev": True, "segmenter": False},
+            "classifier": {"epochs": 2, "batch_size": 8, "lr": 2e-3},
+            "train": {"progress": False},
+        }
+    )
+    test = tagged_blob_split(4, size=128, seed=9)
+    shared = tmp_path / "shared"
+    results = {
+        r.stage: r.metrics
+        for r in run(config, tmp_path / "a", splits=(tagged, test), progress=False, shared_dir=shared)
+    }
+    assert set(results) == {"pseudo", "dev", "rest"}
+    budget = json.loads((tmp_path / "a" / "budget.json").read_text())
+    dev = set(budget["masks"])
+    assert results["dev"]["images"] == len(dev) == round(0.25 * len(tagged))
+    assert results["rest"]["images"] == len(tagged) - len(dev)
+    masks = torch.load(next(shared.glob("pseudo/*.pt")))
+    for stage, rows in (
+        ("dev", [i for i, n in enumerate(tagged.names) if n in dev]),
+        ("rest", [i for i, n in enumerate(tagged.names) if n not in dev]),
+    ):
+        cm = ConfusionMatrix(2)
+        cm.update(masks[rows], tagged.masks[rows])
+        assert results[stage]["iou"] == pytest.approx(cm.compute()["iou"])
+    labels = json.loads((tmp_path / "a" / "labels.json").read_text())
+    assert labels["by_use"]["tuning"] == {"masks": len(dev)}

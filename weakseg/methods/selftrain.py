@@ -9,9 +9,10 @@ mean) and trains again, continuing from the current weights or, with ``method.re
 model was built with.
 
 Stages, each with the row setting ``round``: ``pseudo`` (the round's pseudo-labels against the whole training
-split's ground truth, a diagnostic that chooses nothing), ``dev`` (with ``method.dev``: the same on the budget's
-masked images, counted as tuning labels) and ``final`` (the round's segmenter on the test split, validated on
-pseudo-labels of held-out images). Interrupted runs resume: each round keeps its checkpoints in ``round<r>/``.
+split's ground truth, a diagnostic that chooses nothing), with ``method.dev`` also ``dev`` (the same on the
+budget's masked images, counted as tuning labels) and ``rest`` (on the other training images), and ``final``
+(the round's segmenter on the test split, validated on pseudo-labels of held-out images). Interrupted runs
+resume: each round keeps its checkpoints in ``round<r>/``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from weakseg.data.prepared import PreparedSplit
 from weakseg.errors import ConfigError
 from weakseg.evaluate import predict_probabilities
 from weakseg.methods.segmenter import fit_and_test
-from weakseg.methods.tags import quality, refine_split
+from weakseg.methods.tags import dev_stages, quality, refine_split
 from weakseg.models import build_model
 from weakseg.models.multitask import MultiTaskSegmenter
 from weakseg.pipeline import RunContext, StageResult, register_method
@@ -92,9 +93,6 @@ def self_training(ctx: RunContext) -> list[StageResult]:
         ctx.ledger.record("validation", "tags", val_tags)
 
     index = {n: i for i, n in enumerate(split.names)}
-    dev = ctx.selection.images_with("masks", split.names) if cfg.method.dev else []
-    if dev:
-        ctx.ledger.record("tuning", "masks", dev)
     results = []
     for r in range(cfg.method.rounds + 1):
         soft = to_uint8(round_maps(model, ctx, "cam" if r == 0 else cfg.method.regenerate))
@@ -106,10 +104,8 @@ def self_training(ctx: RunContext) -> list[StageResult]:
         setting = {"round": r}
         if split.masks is not None:
             results.append(StageResult("pseudo", quality(masks, split.masks), setting))
-            if dev:
-                rows = [index[n] for n in dev]
-                dev_metrics = {**quality(masks[rows], split.masks[rows]), "images": len(dev)}
-                results.append(StageResult("dev", dev_metrics, setting))
+            if cfg.method.dev:
+                results += dev_stages(ctx, masks, setting)
         if not cfg.method.segmenter:
             break
         if cfg.method.restart and r > 0:

@@ -134,11 +134,8 @@ def tags_to_segmenter(ctx: RunContext) -> list[StageResult]:
     index = {n: i for i, n in enumerate(ctx.train_full.names)}
     if ctx.train_full.masks is not None:
         results.append(StageResult("pseudo", {**quality(masks, ctx.train_full.masks), **info}))
-        dev = ctx.selection.images_with("masks", ctx.train_full.names)
-        if ctx.config.method.dev and dev:
-            ctx.ledger.record("tuning", "masks", dev)
-            rows = [index[n] for n in dev]
-            results.append(StageResult("dev", {**quality(masks[rows], ctx.train_full.masks[rows]), "images": len(dev)}))
+        if ctx.config.method.dev:
+            results += dev_stages(ctx, masks)
     if ctx.config.method.segmenter:
 
         def with_pseudo(split: PreparedSplit) -> PreparedSplit:
@@ -152,6 +149,25 @@ def tags_to_segmenter(ctx: RunContext) -> list[StageResult]:
         final.metrics["classifier_accuracy"] = info["classifier_accuracy"]
         results.append(final)
     return results
+
+
+def dev_stages(ctx: RunContext, masks: torch.Tensor, setting: dict | None = None) -> list[StageResult]:
+    """Pseudo-labels of the whole training split scored on the budget's masked images (stage ``dev``, recorded as
+    tuning use: what a choice among settings sees) and on the other training images (stage ``rest``, a
+    diagnostic that confirms a choice on images it never saw)."""
+    split = ctx.train_full
+    dev = ctx.selection.images_with("masks", split.names)
+    if not dev:
+        return []
+    ctx.ledger.record("tuning", "masks", dev)
+    chosen = set(dev)
+    rows = [i for i, n in enumerate(split.names) if n in chosen]
+    rest = [i for i, n in enumerate(split.names) if n not in chosen]
+    stages = [StageResult("dev", {**quality(masks[rows], split.masks[rows]), "images": len(rows)}, dict(setting or {}))]
+    if rest:
+        metrics = {**quality(masks[rest], split.masks[rest]), "images": len(rest)}
+        stages.append(StageResult("rest", metrics, dict(setting or {})))
+    return stages
 
 
 def quality(masks: torch.Tensor, truth: torch.Tensor) -> dict:
