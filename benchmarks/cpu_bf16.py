@@ -38,8 +38,16 @@ def measure(size: int, batch: int = 16, pairs: int = 3) -> dict:
         for flag in (False, True) if pair % 2 == 0 else (True, False):
             (bf16 if flag else fp32).append(round(images_per_s(model, optimizer, x, y, flag), 2))
     ratios = [round(b / f, 3) for f, b in zip(fp32, bf16, strict=True)]
-    return {"bench": "cpu_bf16", "size": size, "batch": batch, "threads": torch.get_num_threads(),
-            "fp32_img_s": fp32, "bf16_img_s": bf16, "pair_ratios": ratios, "ratio": sorted(ratios)[len(ratios) // 2]}  # fmt: skip
+    return {
+        "bench": "cpu_bf16",
+        "size": size,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "fp32_img_s": fp32,
+        "bf16_img_s": bf16,
+        "pair_ratios": ratios,
+        "ratio": sorted(ratios)[len(ratios) // 2],
+    }
 
 
 if __name__ == "__main__":
