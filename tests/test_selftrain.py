@@ -11,7 +11,7 @@ import torch
 from tests.synthetic import tagged_blob_split
 from weakseg.config import RunConfig, TrainConfig
 from weakseg.errors import ConfigError
-from weakseg.methods.selftrain import foreground_probability
+from weakseg.methods.selftrain import class_probabilities, pseudo_labels
 from weakseg.methods.tags import quality
 from weakseg.models import build_model, load_model
 from weakseg.pipeline import RunContext, run
@@ -53,7 +53,7 @@ def test_rounds_regenerate_pseudo_labels_from_the_previous_rounds_model(tmp_path
     model = load_model(tmp_path / "run" / "round0" / "best.pt")
     assert model.num_tags == 2
     ctx = RunContext(config, tmp_path, torch.device("cpu"), train, train, None, test, None, tmp_path)
-    soft = foreground_probability(model, train, ctx)
+    soft = class_probabilities(model, train, ctx)[:, 1]
     with Refiner(parse_pipeline("otsu"), workers=1) as refiner:
         masks = refiner.map(list(train.images.permute(0, 2, 3, 1).numpy()), list(soft.numpy()))
     recomputed = quality(torch.from_numpy(np.stack(masks)), train.masks)
@@ -102,3 +102,41 @@ def test_an_unknown_regeneration_source_is_a_config_error():
 
     with pytest.raises(ValidationError):
         _config(regenerate="dreams")
+
+
+def _three_classes(split):
+    """The blobs' masks with the tag's class: background / red / blue."""
+    tags = torch.tensor([t[0] for t in split.labels])[:, None, None]
+    split.masks = torch.where(split.masks == 1, 1 + tags, split.masks).to(torch.uint8)
+    split.mask_classes = ["background", "red", "blue"]
+    return split
+
+
+def test_multiclass_pseudo_labels_give_each_foreground_pixel_its_strongest_tags_class(tmp_path):
+    split = _three_classes(tagged_blob_split(3, size=32, seed=1))
+    split.labels = [[0], [1], [1, 0]]  # the third image carries both tags
+    maps = torch.zeros(3, 2, 32, 32)
+    maps[:, 0, 4:12, 4:12] = 0.9  # each image's first tag: a square on the left
+    maps[2, 1, 4:12, 8:20] = 1.0  # the third image's second tag (red): stronger, overlapping on the right
+    ctx = RunContext(_config(), tmp_path, torch.device("cpu"), split, split, None, split, None, tmp_path)
+    soft, labels = pseudo_labels(ctx, maps, parse_pipeline("threshold:0.5"))
+    assert torch.equal(soft, (maps.max(1).values * 255).round().to(torch.uint8))
+    assert torch.equal(labels[0, 4:12, 4:12], torch.full((8, 8), 1, dtype=torch.uint8))  # red
+    assert torch.equal(labels[1, 4:12, 4:12], torch.full((8, 8), 2, dtype=torch.uint8))  # blue
+    assert (labels[2, 4:12, 4:8] == 2).all() and (labels[2, 4:12, 8:20] == 1).all()  # blue, then red where stronger
+    foreground = maps.max(1).values >= 0.5
+    assert (labels[~foreground] == 0).all()
+
+
+@pytest.mark.slow
+def test_a_three_class_task_runs_from_tags_to_a_three_class_segmenter(tmp_path):
+    train, test = (
+        _three_classes(tagged_blob_split(24, size=128, seed=3)),
+        _three_classes(tagged_blob_split(6, size=128, seed=9)),
+    )
+    results = run(_config(rounds=0), tmp_path / "run", splits=(train, test), progress=False)
+    pseudo, final = (r.metrics for r in results)
+    assert len(pseudo["iou_per_class"]) == len(final["iou_per_class"]) == 3
+    assert load_model(tmp_path / "run" / "round0" / "best.pt").num_classes == 3
+    # each blob is found with its colour's class (the classes swapped would score 0 on both)
+    assert min(pseudo["iou_per_class"][1:]) > 0.1 and final["miou"] > 0

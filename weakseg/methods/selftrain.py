@@ -8,6 +8,12 @@ pseudo-labels again from the updated model (``method.regenerate``: its CAMs, its
 mean) and trains again, continuing from the current weights or, with ``method.restart``, from the weights the
 model was built with.
 
+More than one foreground class (``oxford_pet`` with ``dataset.options: {tags: species, masks: tags}``: background
+/ cat / dog): each image's tags get a map each, the strongest is refined into the foreground, and each foreground
+pixel takes the class of the tag whose map is highest there. With one tag per image (the pets) that is the
+two-label refinement (CRF included) of that class against the background; images with several tags get the
+per-pixel argmax among their tags after the foreground refinement, not a multi-label CRF.
+
 Stages, each with the row setting ``round``: ``pseudo`` (the round's pseudo-labels against the whole training
 split's ground truth, a diagnostic that chooses nothing), with ``method.dev`` also ``dev`` (the same on the
 budget's masked images, counted as tuning labels) and ``rest`` (on the other training images), and ``final``
@@ -31,7 +37,7 @@ from weakseg.methods.tags import dev_stages, quality, refine_split
 from weakseg.models import build_model
 from weakseg.models.multitask import MultiTaskSegmenter
 from weakseg.pipeline import RunContext, StageResult, register_method
-from weakseg.refine import parse_pipeline
+from weakseg.refine import RefinePipeline, parse_pipeline
 from weakseg.runtime import seed_everything
 from weakseg.sources.cam import cam_maps, to_uint8
 from weakseg.sources.target import Target
@@ -39,13 +45,13 @@ from weakseg.visualize import save_label_examples
 
 
 @torch.no_grad()
-def foreground_probability(model: MultiTaskSegmenter, split: PreparedSplit, ctx: RunContext) -> torch.Tensor:
-    """The segmenter's foreground probability (N, S, S) on the CPU for every image of ``split``."""
+def class_probabilities(model: MultiTaskSegmenter, split: PreparedSplit, ctx: RunContext) -> torch.Tensor:
+    """The segmenter's class probabilities (N, C, S, S) on the CPU for every image of ``split``."""
     model.eval()
-    out = []
-    for start in range(0, len(split), ctx.config.train.eval_batch_size):
-        images = split.images[start : start + ctx.config.train.eval_batch_size].to(ctx.device).float().div_(255)
-        out.append(predict_probabilities(model, images, ctx.config.train.tta, ctx.config.train.amp)[:, 1].cpu())
+    out, batch = [], ctx.config.train.eval_batch_size
+    for start in range(0, len(split), batch):
+        images = split.images[start : start + batch].to(ctx.device).float().div_(255)
+        out.append(predict_probabilities(model, images, ctx.config.train.tta, ctx.config.train.amp).cpu())
     return torch.cat(out)
 
 
@@ -54,29 +60,58 @@ def with_labels(part: PreparedSplit, masks: torch.Tensor, index: dict[str, int])
     return part.with_masks(masks[[index[n] for n in part.names]])
 
 
-def round_maps(model: MultiTaskSegmenter, ctx: RunContext, source: str) -> torch.Tensor:
-    """Soft foreground maps (N, S, S) in [0, 1] for the training split: the classification branch's CAMs for
-    each image's tags (``cam``), the segmenter's foreground probability (``seg``), or their mean (``fusion``)."""
+def tag_maps(model: MultiTaskSegmenter, ctx: RunContext, source: str) -> torch.Tensor:
+    """(N, K, S, S) maps in [0, 1], one per tag of each image (K: the most tags an image has; missing positions
+    stay 0): the classification branch's CAM for the tag (``cam``), the segmenter's probability of the tag's
+    class, or of the foreground in a two-class task (``seg``), or their mean (``fusion``)."""
     split, cfg = ctx.train_full, ctx.config
-    maps = []
-    if source in ("cam", "fusion"):
-        branch = model.tag_classifier()
-        maps.append(cam_maps(branch, split.images, split.labels, cfg.method.cam_method, cfg.cam, ctx.device))
-    if source in ("seg", "fusion"):
-        maps.append(foreground_probability(model, split, ctx))
-    return torch.stack(maps).mean(0)
+    width = max(len(t) for t in split.labels)
+    out = torch.zeros(len(split), width, split.size, split.size)
+    probs = class_probabilities(model, split, ctx) if source in ("seg", "fusion") else None
+    for k in range(width):
+        rows = [i for i, t in enumerate(split.labels) if len(t) > k]
+        tags = [split.labels[i][k] for i in rows]
+        maps = []
+        if source in ("cam", "fusion"):
+            branch, images = model.tag_classifier(), split.images[rows]
+            maps.append(cam_maps(branch, images, [[t] for t in tags], cfg.method.cam_method, cfg.cam, ctx.device))
+        if probs is not None:
+            classes = [1] * len(rows) if probs.shape[1] == 2 else [1 + t for t in tags]
+            maps.append(probs[rows, classes])
+        out[rows, k] = torch.stack(maps).mean(0)
+    return out
+
+
+def pseudo_labels(ctx: RunContext, maps: torch.Tensor, pipeline: RefinePipeline) -> tuple[torch.Tensor, torch.Tensor]:
+    """(soft foreground uint8 (N, S, S), pseudo-labels uint8 (N, S, S)) from per-tag maps: the foreground is the
+    most confident tag's map, refined by the pipeline; in a multi-class task each foreground pixel takes the class
+    of the tag whose map is highest there (1 + the tag index), the rest is background."""
+    split = ctx.train_full
+    strength, position = maps.max(1)
+    soft = to_uint8(strength)
+    foreground = refine_split(ctx, split, soft, pipeline)
+    if len(split.mask_classes) == 2:
+        return soft, foreground
+    width = maps.shape[1]
+    tags = torch.tensor([t + [t[0]] * (width - len(t)) for t in split.labels])  # (N, K), padded
+    classes = 1 + tags.gather(1, position.flatten(1)).view_as(position)
+    return soft, torch.where(foreground.bool(), classes, 0).to(torch.uint8)
 
 
 def self_training(ctx: RunContext) -> list[StageResult]:
     cfg, split = ctx.config, ctx.train_full
-    if len(split.mask_classes) != 2:
-        raise ConfigError("selftrain makes foreground/background pseudo-labels: the dataset needs 2 mask classes")
-    if not split.tag_classes:
-        raise ConfigError(f"dataset '{cfg.dataset.name}' has no image tags to self-train from")
+    if not split.tag_classes or not all(split.labels):
+        raise ConfigError(f"selftrain needs a tag on every training image of '{cfg.dataset.name}'")
+    classes = len(split.mask_classes)
+    if classes > 2 and split.mask_classes[1:] != split.tag_classes:
+        raise ConfigError(
+            f"a multi-class task needs one mask class per tag after the background: mask classes "
+            f"{split.mask_classes}, tags {split.tag_classes} (oxford_pet: dataset.options.masks: tags)"
+        )
     m = cfg.model
     seed_everything(cfg.seed)
     model = build_model(
-        m.arch, m.encoder, 2, m.weights, m.mode, tags=len(split.tag_classes),
+        m.arch, m.encoder, classes, m.weights, m.mode, tags=len(split.tag_classes),
         multilabel=is_multilabel(split, cfg.classifier), **m.options,
     )  # fmt: skip
     built = copy.deepcopy(model.state_dict())
@@ -95,15 +130,14 @@ def self_training(ctx: RunContext) -> list[StageResult]:
     index = {n: i for i, n in enumerate(split.names)}
     results = []
     for r in range(cfg.method.rounds + 1):
-        soft = to_uint8(round_maps(model, ctx, "cam" if r == 0 else cfg.method.regenerate))
-        masks = refine_split(ctx, split, soft, pipeline)
+        soft, masks = pseudo_labels(ctx, tag_maps(model, ctx, "cam" if r == 0 else cfg.method.regenerate), pipeline)
         if r == 0:
             save_label_examples(
                 ctx.out_dir / "pseudo_examples.png", split, [Target("cam", soft, soft=True), Target("pseudo", masks)]
             )
         setting = {"round": r}
         if split.masks is not None:
-            results.append(StageResult("pseudo", quality(masks, split.masks), setting))
+            results.append(StageResult("pseudo", quality(masks, split.masks, classes), setting))
             if cfg.method.dev:
                 results += dev_stages(ctx, masks, setting)
         if not cfg.method.segmenter:

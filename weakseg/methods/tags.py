@@ -163,16 +163,18 @@ def dev_stages(ctx: RunContext, masks: torch.Tensor, setting: dict | None = None
     chosen = set(dev)
     rows = [i for i, n in enumerate(split.names) if n in chosen]
     rest = [i for i, n in enumerate(split.names) if n not in chosen]
-    stages = [StageResult("dev", {**quality(masks[rows], split.masks[rows]), "images": len(rows)}, dict(setting or {}))]
+    classes = len(split.mask_classes)
+    metrics = {**quality(masks[rows], split.masks[rows], classes), "images": len(rows)}
+    stages = [StageResult("dev", metrics, dict(setting or {}))]
     if rest:
-        metrics = {**quality(masks[rest], split.masks[rest]), "images": len(rest)}
+        metrics = {**quality(masks[rest], split.masks[rest], classes), "images": len(rest)}
         stages.append(StageResult("rest", metrics, dict(setting or {})))
     return stages
 
 
-def quality(masks: torch.Tensor, truth: torch.Tensor) -> dict:
+def quality(masks: torch.Tensor, truth: torch.Tensor, classes: int = 2) -> dict:
     """Metrics of pseudo-masks against ground truth."""
-    cm = ConfusionMatrix(2)
+    cm = ConfusionMatrix(classes)
     cm.update(masks, truth)
     return cm.compute()
 
