@@ -31,6 +31,25 @@ err_console = Console(stderr=True)
 
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE (dotted).")]
 DataRoot = Annotated[Path, typer.Option(help="Folder that dataset roots in the config are relative to.")]
+OnError = Annotated[
+    str,
+    typer.Option(
+        "--on-error",
+        help="A bad data file (unreadable, truncated, wrong values): 'raise' stops with one line naming it; 'skip' "
+        "leaves the item out, goes on and lists every skipped item with its reason in skipped.json.",
+    ),
+]
+
+
+def _on_error(policy: str) -> str:
+    if policy not in ("raise", "skip"):
+        raise WeaksegError(f"--on-error must be 'raise' or 'skip', not '{policy}'")
+    return policy
+
+
+def _report_skipped(items: list, where: Path) -> None:
+    """One line: how many items were skipped and the file that lists them."""
+    console.print(f"skipped {len(items)} item(s) with bad files; the list with reasons: {where}")
 
 
 def metrics_table(metrics: dict, title: str) -> Table:
@@ -56,6 +75,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory (checkpoints, log.csv, metrics.json).")] = Path("runs/train"),
     seed: Annotated[int | None, typer.Option(help="Seed (overrides the config).")] = None,
     download: Annotated[bool, typer.Option(help="Fetch the dataset's official archive if it is missing.")] = False,
+    on_error: OnError = "raise",
     overrides: Overrides = None,
 ) -> None:
     """Train a segmenter as configured (resumes from OUT/last.pt when the setup is the same) and test it."""
@@ -63,8 +83,11 @@ def train(
     from weakseg.pipeline import run
 
     extra = ([f"seed={seed}"] if seed is not None else []) + (["dataset.download=true"] if download else [])
+    extra += [f"dataset.on_error={_on_error(on_error)}"] if on_error != "raise" else []
     cfg = load_run_config(config, (overrides or []) + extra)
     _print_results(run(cfg, out, data_root))
+    if cfg.dataset.on_error == "skip":
+        _report_skipped(json.loads((out / "skipped.json").read_text()), out / "skipped.json")
     console.print(f"run directory: {out}")
 
 
@@ -77,13 +100,16 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Split to score on.")] = "test",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
     download: Annotated[bool, typer.Option(help="Fetch the dataset's official archive if it is missing.")] = False,
+    on_error: OnError = "raise",
 ) -> None:
-    """Score a checkpoint or a folder of masks against a dataset's ground truth (native resolution)."""
+    """Score a checkpoint or a folder of masks against a dataset's ground truth (native resolution). With
+    --on-error skip, images with bad files are left out and listed in skipped.json (beside --json, else here)."""
     from weakseg.data import build_dataset
     from weakseg.evaluate import evaluate_mask_folder, evaluate_model
     from weakseg.io import write_json
 
     ds = build_dataset(dataset, root, split, **({"download": True} if download else {}))
+    ds.on_error = _on_error(on_error)
     if (checkpoint is None) == (pred_dir is None):
         raise WeaksegError("give exactly one of --checkpoint and --pred-dir")
     if pred_dir is not None:
@@ -99,9 +125,14 @@ def evaluate(
         model = load_model(checkpoint).to(device)
         prepared = prepare(ds, meta.get("size", 160), meta.get("fit", "resize"), keep_native=True)
         metrics = evaluate_model(model, prepared, device, progress=True)
+        ds.skipped[:] = prepared.skipped  # also when the prepared split came from the cache
     console.print(metrics_table(metrics, f"{dataset}/{split}"))
     if json_out:
         write_json(json_out, metrics)
+    if on_error == "skip":
+        where = (json_out.parent if json_out else Path(".")) / "skipped.json"
+        write_json(where, ds.skipped)
+        _report_skipped(ds.skipped, where)
 
 
 @app.command()
@@ -110,6 +141,7 @@ def predict(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (best.pt).")],
     out: Annotated[Path, typer.Option(help="Output folder for masks and overlays.")] = Path("predictions"),
     overlays: Annotated[bool, typer.Option(help="Also write overlay pictures.")] = True,
+    on_error: OnError = "raise",
 ) -> None:
     """Predict masks (PNG, class indices at native resolution) and overlay pictures for images."""
     from weakseg.models import checkpoint_meta, load_model
@@ -120,8 +152,11 @@ def predict(
     files = collect_inputs(inputs)
     meta = checkpoint_meta(checkpoint)
     model = load_model(checkpoint).to(pick_device())
-    written = predict_files(model, files, out, meta.get("size", 160), meta.get("fit", "resize"), overlays=overlays)
+    size, fit, policy = meta.get("size", 160), meta.get("fit", "resize"), _on_error(on_error)
+    written = predict_files(model, files, out, size, fit, overlays=overlays, on_error=policy)
     console.print(f"wrote {len(written)} masks to {out}")
+    if on_error == "skip":
+        _report_skipped(json.loads((out / "skipped.json").read_text()), out / "skipped.json")
 
 
 @app.command("train-classifier")
@@ -138,16 +173,16 @@ def train_classifier_cmd(
     report its accuracy on the test split's tags. Resumes an interrupted run."""
     from weakseg.classify import is_multilabel, train_classifier
     from weakseg.config import load_run_config
-    from weakseg.data import build_dataset
     from weakseg.data.prepared import prepare
     from weakseg.models.classifier import build_classifier
+    from weakseg.pipeline import load_dataset
     from weakseg.runtime import configure_threads, pick_device
 
     configure_threads()
     cfg = load_run_config(config, overrides or [])
     ds, c = cfg.dataset, cfg.classifier
-    train = prepare(build_dataset(ds.name, data_root / ds.root, ds.train_split, **ds.options), ds.size, ds.fit)
-    test = prepare(build_dataset(ds.name, data_root / ds.root, ds.test_split, **ds.options), ds.size, ds.fit)
+    train = prepare(load_dataset(cfg, data_root, ds.train_split), ds.size, ds.fit)  # honours dataset.on_error
+    test = prepare(load_dataset(cfg, data_root, ds.test_split), ds.size, ds.fit)
     if not train.tag_classes:
         raise WeaksegError(f"dataset '{ds.name}' has no image tags to train a classifier on")
     model = build_classifier(c.encoder, len(train.tag_classes), c.weights, is_multilabel(train, c), c.drop_rate)
@@ -158,6 +193,12 @@ def train_classifier_cmd(
             f"{row['images_per_s']:.1f} images/s"
         )
     console.print(f"test accuracy {result.accuracy:.4f} on {len(test)} images; classifier: {out / 'classifier.pt'}")
+    if ds.on_error == "skip":
+        from weakseg.io import write_json
+
+        skipped = [*train.skipped, *(s for s in test.skipped if s not in train.skipped)]
+        write_json(out / "skipped.json", skipped)
+        _report_skipped(skipped, out / "skipped.json")
 
 
 @app.command("pseudo-label")
@@ -180,6 +221,7 @@ def pseudo_label_cmd(
     overwrite: Annotated[
         bool, typer.Option(help="Replace pseudo-labels that --out holds from other settings (default: refuse).")
     ] = False,
+    on_error: OnError = "raise",
 ) -> None:
     """Pseudo-masks from image tags: CAM -> refinement -> one PNG per image (0/255, native size). Streams
     over the dataset and skips images already done with the same settings, so an interrupted run resumes."""
@@ -193,6 +235,7 @@ def pseudo_label_cmd(
     device = pick_device()
     model = load_classifier(classifier).to(device)
     ds = build_dataset(dataset, root, split)
+    ds.on_error = _on_error(on_error)
     cam = CamConfig(scales=[float(v) for v in scales.split(",")], flip=flip, batch_size=batch_size)
     report = pseudo_label_dataset(
         ds,
@@ -210,9 +253,41 @@ def pseudo_label_cmd(
         overwrite=overwrite,
     )
     console.print(f"wrote {report.written} masks, {report.skipped} already done: {out / 'masks'}")
+    if on_error == "skip":
+        _report_skipped(report.unreadable, out / "skipped.json")
     console.print(
         f"score them: weakseg evaluate --pred-dir {out / 'masks'} --dataset {dataset} --root {root} --split {split}"
     )
+
+
+@app.command("export-labels")
+def export_labels_cmd(
+    directory: Annotated[Path, typer.Argument(help="Folder with masks/<name>.png (as pseudo-label writes it).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="coco, yolo, labelstudio or cvat.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default DIR/export/<format>).")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of the source images: real file names, sizes checked.")
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="Foreground class names in index order 1..C-1, comma-separated (default: foreground)."),
+    ] = None,
+    coco_mode: Annotated[
+        str, typer.Option(help="COCO: 'semantic' (a mask per class, iscrowd=1) or 'instance' (per component).")
+    ] = "semantic",
+    image_root: Annotated[
+        str, typer.Option(help="Label Studio: URL prefix of the images, e.g. '/data/local-files/?d=pets/'.")
+    ] = "",
+    image_ext: Annotated[str, typer.Option(help="Image file extension assumed without --images.")] = ".jpg",
+) -> None:
+    """Export masks for correction in an annotation tool: COCO (RLE), YOLO-seg polygons, Label Studio brush
+    pre-annotations or CVAT 1.1 XML. With one class, mask values 1 and 255 are foreground; with several, 1..C-1
+    are the classes and 255 (unlabelled) is exported as background. YOLO polygons cannot hold holes."""
+    from weakseg.export import export_labels
+
+    options = {"coco": {"mode": coco_mode}, "labelstudio": {"image_root": image_root}}.get(format.lower(), {})
+    path = export_labels(directory, format, out, classes, images, image_ext, progress=True, **options)
+    console.print(f"wrote {format} labels: {path}")
 
 
 @app.command()
@@ -394,7 +469,7 @@ def bench_refine_cmd(
 
 
 @list_app.command("models")
-def list_models_cmd(pattern: Annotated[str, typer.Argument()] = "*") -> None:
+def list_models_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pattern, e.g. '*unet*'")] = "*") -> None:
     """Registered segmentation architectures."""
     from weakseg.models import list_models
 
@@ -402,51 +477,60 @@ def list_models_cmd(pattern: Annotated[str, typer.Argument()] = "*") -> None:
 
 
 @list_app.command("datasets")
-def list_datasets_cmd() -> None:
+def list_datasets_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pattern")] = "*") -> None:
     """Registered datasets."""
     from weakseg.data import list_datasets
 
-    console.print("\n".join(list_datasets()))
+    console.print("\n".join(list_datasets(pattern)))
 
 
 @list_app.command("cams")
-def list_cams_cmd() -> None:
+def list_cams_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pattern, e.g. 'grad*'")] = "*") -> None:
     """CAM methods."""
     from weakseg.cams import list_cams
 
-    console.print("\n".join(list_cams()))
+    console.print("\n".join(list_cams(pattern)))
 
 
 @list_app.command("refine")
-def list_refine_cmd() -> None:
+def list_refine_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pattern")] = "*") -> None:
     """Refinement steps for pipelines such as "otsu | grabcut:iters=5 | lcc", with their parameters."""
     from weakseg.refine import get_op, list_ops
 
-    console.print("\n".join(f"{name}: {', '.join(get_op(name).param_names()) or '-'}" for name in list_ops()))
+    console.print("\n".join(f"{name}: {', '.join(get_op(name).param_names()) or '-'}" for name in list_ops(pattern)))
 
 
 @list_app.command("generators")
-def list_generators_cmd() -> None:
+def list_generators_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pattern, e.g. 'sam*'")] = "*") -> None:
     """Mask generators from box prompts."""
     from weakseg.sources.sam import list_mask_generators
 
-    console.print("\n".join(list_mask_generators()))
+    console.print("\n".join(list_mask_generators(pattern)))
 
 
 @list_app.command("sources")
-def list_sources_cmd() -> None:
+def list_sources_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pattern")] = "*") -> None:
     """Supervision sources that method 'multi' combines (method.sources), one head each."""
-    from weakseg.methods.multisource import list_sources
+    import weakseg.methods  # noqa: F401  (registers the built-in sources)
+    from weakseg.sources.registry import list_sources
 
-    console.print("\n".join(list_sources()))
+    console.print("\n".join(list_sources(pattern)))
 
 
 @list_app.command("methods")
-def list_methods_cmd() -> None:
+def list_methods_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pattern, e.g. 'grad*'")] = "*") -> None:
     """Registered training methods."""
-    from weakseg.pipeline import list_methods
+    from weakseg.methods.base import list_methods
 
-    console.print("\n".join(list_methods()))
+    console.print("\n".join(list_methods(pattern)))
+
+
+@list_app.command("exporters")
+def list_exporters_cmd() -> None:
+    """Formats weakseg export-labels writes."""
+    from weakseg.export import describe_exporter, list_exporters
+
+    console.print("\n".join(f"{name}: {describe_exporter(name)}" for name in list_exporters()), highlight=False)
 
 
 def main() -> None:

@@ -27,6 +27,11 @@ class DatasetConfig(Section):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     options: dict[str, Any] = Field(default_factory=dict)
     download: bool = False
+    on_error: Literal["raise", "skip"] = Field(
+        "raise",
+        description="a bad data file: 'raise' stops with one line naming it; 'skip' leaves the item out, goes on and "
+        "lists it with its reason in the run directory's skipped.json",
+    )
 
     @field_validator("size")
     @classmethod

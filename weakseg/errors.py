@@ -22,6 +22,7 @@ class DataFileError(WeaksegError):
 
     def __init__(self, path: Path | str, problem: str):
         self.path = Path(path)
+        self.problem = problem
         super().__init__(f"{problem}: '{path}'")
 
 

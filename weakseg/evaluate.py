@@ -10,7 +10,7 @@ from rich.progress import Progress
 
 from weakseg.data.base import SegmentationDataset
 from weakseg.data.prepared import PreparedSplit, iterate_batches
-from weakseg.errors import DataFileError
+from weakseg.errors import ConfigError, DataFileError
 from weakseg.io import read_mask
 from weakseg.metrics import ConfusionMatrix
 from weakseg.models.segmenter import Segmenter
@@ -48,6 +48,8 @@ def evaluate_model(
     use_native = native and split.native_masks is not None
     if split.masks is None and not use_native:
         raise ValueError("this split has no ground-truth masks to evaluate against")
+    if not len(split):
+        raise ConfigError("nothing to evaluate: the split holds no images")
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluating", total=len(split))
         for images, masks, index in iterate_batches(split, batch_size, device):
@@ -66,13 +68,19 @@ def evaluate_mask_folder(
     folder: str | Path, dataset: SegmentationDataset, binary_threshold: int = 128
 ) -> dict[str, float | list[float]]:
     """Score a folder of predicted masks (``<name>.png``, class indices or 0/255) against a dataset's ground
-    truth at native resolution. Every image of the dataset must have a predicted mask."""
+    truth at native resolution. Every image of the dataset must have a predicted mask; an image whose own files
+    are bad stops the scoring, or with the dataset's ``on_error='skip'`` is left out (``dataset.skipped``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataFileError(folder, "prediction folder is missing")
+    if not len(dataset):
+        raise ConfigError(f"nothing to evaluate: split '{dataset.split}' of '{dataset.root}' holds no images")
     cm = ConfusionMatrix(dataset.num_mask_classes)
+    scored = 0
     for name in dataset.names:
-        sample = dataset.load(name)
+        sample = dataset.try_load(name)
+        if sample is None:
+            continue
         if sample.mask is None:
             raise DataFileError(dataset.root, "the dataset has no ground-truth masks")
         pred = read_mask(folder / f"{name}.png")
@@ -81,4 +89,7 @@ def evaluate_mask_folder(
         if dataset.num_mask_classes == 2 and pred.max() > 1:
             pred = (pred >= binary_threshold).astype(np.uint8)
         cm.update(pred, sample.mask)
+        scored += 1
+    if not scored:
+        raise ConfigError(f"nothing to evaluate: every image of split '{dataset.split}' was skipped as unreadable")
     return cm.compute()

@@ -32,6 +32,7 @@ NEUTRAL_SETTINGS: dict[str, Any] = {
     "method.regenerate": "cam",
     "method.restart": False,
     "method.tag_weight": 1.0,
+    "dataset.on_error": "raise",
 }
 """Config settings added after runs were recorded, at the value that reproduces what those runs did: a run key
 leaves a setting out while it has this value, so adding a setting does not re-run every finished run. A new
@@ -52,6 +53,15 @@ def digest(ident: Any, length: int = 16) -> str:
     """A short stable hash of a JSON-able description (dict keys sorted; other objects by ``str``)."""
     text = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
+def bytes_digest(data: bytes | Iterable[bytes], length: int = 16) -> str:
+    """A short hash of raw bytes (pixels, weights): SHA-1 of ``data``, or of its chunks one after the other, as
+    :func:`digest` hashes a description."""
+    sha = hashlib.sha1()
+    for chunk in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
+        sha.update(chunk)
+    return sha.hexdigest()[:length]
 
 
 _CONTENT: dict[tuple[str, int, int, int, int], str] = {}

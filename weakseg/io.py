@@ -18,39 +18,170 @@ from weakseg.errors import DataFileError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_GREY_TOLERANCE = 32
+"""Largest difference between the colour channels of a JPEG mask that still counts as grey (chroma noise)."""
+
+
+def _head(path: Path, count: int = 32) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(count)
+
+
+def _jpeg_is_complete(path: Path) -> bool:
+    """Whether a JPEG file ends with its end-of-image marker (trailing zero padding allowed): a file cut short
+    does not, and its decoder would fill the missing rows with grey instead of failing."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 64))
+        return fh.read().rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def _check_complete(path: Path, head: bytes, what: str) -> None:
+    """Raise if a JPEG is truncated. The end marker is looked for first (one small read); only a file without it
+    is decoded once more by Pillow, which tells a truncated file from one with trailing data."""
+    if not head.startswith(JPEG_MAGIC) or _jpeg_is_complete(path):
+        return
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataFileError(path, f"{what} file is truncated or corrupt ({err})") from err
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as an RGB uint8 array of shape (H, W, 3)."""
+    """Read an image as an RGB uint8 array of shape (H, W, 3).
+
+    The stored pixel grid is returned as it is: an EXIF orientation tag is not applied, exactly as for masks
+    (:func:`read_mask`), so that an image and its mask stay aligned. A truncated JPEG is an error, never an image
+    whose missing rows are grey.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFileError(path, "image file is missing")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise DataFileError(path, "image file cannot be decoded")
+    _check_complete(path, _head(path), "image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a single-channel label image as uint8 (H, W)."""
+def _to_single_channel(mask: np.ndarray, path: Path, lossy: bool) -> np.ndarray:
+    """One label channel from a BGR or BGRA mask, or an error naming the file when the colours are not a label.
+
+    - BGRA whose alpha is not simply opaque everywhere, and whose visible pixels (alpha > 0) have one colour: the
+      label is the alpha channel (a label drawn as transparency).
+    - BGRA with both colour and alpha varying: an error (which of them holds the label is unknown).
+    - otherwise (BGR, or BGRA opaque or evenly translucent): grey (all channels equal; in a JPEG within
+      :data:`JPEG_GREY_TOLERANCE`) gives the channel maximum; a colour mask is an error.
+    """
+    colour = mask[..., :3]
+    if mask.shape[2] == 4:
+        alpha = mask[..., 3]
+        low, high = int(alpha.min()), int(alpha.max())
+        if not (low == high == np.iinfo(mask.dtype).max):
+            visible = colour[alpha > 0]
+            if not len(visible) or (visible == visible[0]).all():
+                return alpha
+            if low != high:
+                raise DataFileError(
+                    path,
+                    "mask has labels in both its colours and its transparency (RGBA); "
+                    "save it as a single-channel mask (grey levels or class indices)",
+                )
+    spread = colour.max(axis=2) - colour.min(axis=2)
+    if int(spread.max()) <= (JPEG_GREY_TOLERANCE if lossy else 0):
+        return colour.max(axis=2)
+    worst = np.unravel_index(int(spread.argmax()), spread.shape)
+    example = tuple(int(v) for v in colour[worst][::-1])
+    raise DataFileError(
+        path,
+        f"colour mask (pixels such as RGB {example} are not grey): store class indices in a single-channel "
+        "or palette PNG",
+    )
+
+
+def read_label_image(path: str | Path) -> np.ndarray:
+    """Read a label image as the integer values it stores, shape (H, W), dtype uint8 or wider (16-bit PNG).
+
+    Grey images give their values (PNGs of 1, 2 or 4 bits per pixel: the raw sample values, e.g. 0/1), palette
+    PNGs their palette indices, colour and RGBA images one channel as :func:`_to_single_channel` decides.
+    Floating-point values must be whole numbers and no value may be negative. Anything else, and a truncated
+    file, raises :class:`DataFileError` naming the file. EXIF orientation is never applied.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFileError(path, "mask file is missing")
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise DataFileError(path, "mask file cannot be decoded")
-    if mask.ndim == 3:
-        mask = mask[..., :3].max(axis=2)
-    return mask.astype(np.uint8, copy=False)
+    head = _head(path)
+    png = head.startswith(PNG_MAGIC) and len(head) >= 26
+    bit_depth, colour_type = (head[24], head[25]) if png else (8, -1)
+    if colour_type == 3:  # palette PNG: the indices are the labels (OpenCV would expand them to colours)
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                mask = np.array(im.getchannel(0) if im.mode == "PA" else im)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DataFileError(path, f"mask file cannot be decoded ({err})") from err
+        if mask.ndim != 2:
+            raise DataFileError(path, f"palette mask decoded with {mask.shape[2]} channels")
+    else:
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise DataFileError(path, "mask file cannot be decoded")
+        _check_complete(path, head, "mask")
+        if mask.ndim == 3 and mask.dtype.kind == "f":
+            raise DataFileError(path, f"mask is a floating-point colour image ({mask.dtype}, {mask.shape[2]} channels)")
+        if mask.ndim == 3:
+            mask = _to_single_channel(mask, path, lossy=head.startswith(JPEG_MAGIC))
+        if colour_type == 0 and bit_depth < 8:  # OpenCV scales 1/2/4-bit samples to 0-255; keep the stored values
+            mask = mask // (255 // (2**bit_depth - 1))
+    if mask.dtype.kind == "f":
+        if not np.isfinite(mask).all() or (mask != np.round(mask)).any():
+            raise DataFileError(path, f"mask holds values that are not whole numbers ({mask.dtype} image)")
+        mask = mask.astype(np.int64)
+    if mask.dtype.kind not in "ui":  # bool
+        mask = mask.astype(np.uint8)
+    if mask.size and int(mask.min()) < 0:
+        raise DataFileError(path, f"mask holds negative values (as low as {int(mask.min())})")
+    return mask
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a single-channel label image as uint8 (H, W): :func:`read_label_image`, whose values must fit 0-255
+    (a 16-bit mask with larger values is an error naming the file and its largest value, never wrapped)."""
+    mask = read_label_image(path)
+    if mask.dtype != np.uint8:
+        top = int(mask.max()) if mask.size else 0
+        if top > 255:
+            raise DataFileError(path, f"mask values up to {top} do not fit 0-255 ({mask.dtype} image)")
+        mask = mask.astype(np.uint8)
+    return mask
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds. The file gets the
+    permissions a plain ``open`` would give it (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -2,85 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from weakseg.budget import Budget, BudgetSelection, choose_subset, select
+from weakseg.budget import Budget, choose_subset, select
 from weakseg.config import RunConfig
-from weakseg.data import build_dataset
-from weakseg.data.base import SegmentationDataset
 from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
 from weakseg.io import write_json
-from weakseg.labels import LabelLedger
+from weakseg.methods.base import (
+    METHODS,
+    Method,
+    PrimaryLabels,
+    RunContext,
+    StageResult,
+    list_methods,
+    load_dataset,
+    register_method,
+)
 from weakseg.runtime import configure_threads, pick_device
 
-
-@dataclass
-class StageResult:
-    """Metrics for one stage of a run (``pseudo``: pseudo-labels on train, ``final``: segmenter on test),
-    plus any settings the method adds to the row (``round`` for self-training, say)."""
-
-    stage: str
-    metrics: dict[str, Any]
-    setting: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunContext:
-    """Everything a method needs: config, device, prepared splits, the budget selection, directories.
-
-    ``train`` and ``val`` are the seeded partition of ``train_full`` (the whole training split).
-    ``shared_dir`` holds artefacts that several runs reuse (classifiers, CAMs, pseudo-labels), keyed by
-    what produced them. ``ledger`` records every label the method uses (and refuses one outside the budget).
-    """
-
-    config: RunConfig
-    out_dir: Path
-    device: torch.device
-    train_full: PreparedSplit
-    train: PreparedSplit
-    val: PreparedSplit | None
-    test: PreparedSplit
-    selection: BudgetSelection
-    shared_dir: Path
-    data_root: Path = Path(".")
-    progress: bool = True
-    ledger: LabelLedger = field(default_factory=lambda: LabelLedger({}))
-
-
-Method = Callable[[RunContext], list[StageResult]]
-PrimaryLabels = Callable[[RunConfig], str]
-"""config -> the kind of label (``masks``, ``boxes``, ``points``, ``tags``) a method's validation split uses."""
-_METHODS: dict[str, tuple[Method, PrimaryLabels]] = {}
-
-
-def register_method(name: str, primary: PrimaryLabels) -> Callable[[Method], Method]:
-    """Decorator: make a training recipe available as ``method: <name>`` in configs; ``primary`` names the kind
-    of label it validates on, so that the validation images come out of the budget's images with that label."""
-
-    def wrap(fn: Method) -> Method:
-        _METHODS[name] = (fn, primary)
-        return fn
-
-    return wrap
-
-
-def list_methods() -> list[str]:
-    from weakseg import methods  # noqa: F401  (fills the registry)
-
-    return sorted(_METHODS)
-
-
-def load_dataset(config: RunConfig, data_root: str | Path, split: str) -> SegmentationDataset:
-    """The configured dataset's ``split`` (downloaded first when the config asks and it is missing)."""
-    ds = config.dataset
-    options = {**ds.options, "download": True} if ds.download else ds.options
-    return build_dataset(ds.name, Path(data_root) / ds.root, split, **options)
+__all__ = [
+    "BUDGET_SETTINGS",
+    "METHODS",
+    "Method",
+    "PrimaryLabels",
+    "RunContext",
+    "StageResult",
+    "holdout",
+    "list_methods",
+    "load_dataset",
+    "load_splits",
+    "register_method",
+    "run",
+]
 
 
 def load_splits(config: RunConfig, data_root: str | Path, progress: bool = True) -> tuple[PreparedSplit, PreparedSplit]:
@@ -132,15 +86,16 @@ def run(
 ) -> list[StageResult]:
     """Run one configuration with one seed; writes config, budget, checkpoints and metrics to ``out_dir``
     (reusable artefacts to ``shared_dir``, by default ``out_dir/shared``)."""
-    list_methods()
-    if config.method.name not in _METHODS:
-        raise ConfigError(f"unknown method '{config.method.name}'; known: {', '.join(list_methods())}")
+    method = METHODS.get(config.method.name)
+    primary = METHODS.meta(config.method.name)["primary"]
     configure_threads()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", config.model_dump())
     train_full, test = splits or load_splits(config, data_root, progress)
-    method, primary = _METHODS[config.method.name]
+    if config.dataset.on_error == "skip":  # the items left out of the training and test splits, with reasons
+        skipped = [*train_full.skipped, *(s for s in test.skipped if s not in train_full.skipped)]
+        write_json(out_dir / "skipped.json", skipped)
     b = config.budget
     budget = Budget(b.coverage, b.boxes, b.density, b.point_mode, config.seed, b.clicks)
     selection = select(budget, train_full.names)  # the budget covers validation and tuning too

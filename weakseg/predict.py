@@ -12,7 +12,7 @@ from weakseg.data.sample import Sample
 from weakseg.data.transforms import fit_sample
 from weakseg.errors import DataFileError
 from weakseg.evaluate import predict_probabilities
-from weakseg.io import IMAGE_EXTENSIONS, list_images, read_image, write_png
+from weakseg.io import IMAGE_EXTENSIONS, list_images, read_image, write_json, write_png
 from weakseg.models.segmenter import Segmenter
 from weakseg.visualize import overlay
 
@@ -41,16 +41,29 @@ def predict_files(
     overlays: bool = True,
     tta: list[str] | tuple[str, ...] = (),
     progress: bool = True,
+    on_error: str = "raise",
 ) -> list[Path]:
-    """Write ``<stem>.png`` (class indices at native resolution) and ``<stem>_overlay.jpg`` per image."""
+    """Write ``<stem>.png`` (class indices at native resolution) and ``<stem>_overlay.jpg`` per image.
+
+    An unreadable image stops with one line naming it; with ``on_error='skip'`` it is left out and listed with its
+    reason in ``out_dir/skipped.json``."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not '{on_error}'")
     out_dir = Path(out_dir)
     device = device or next(model.parameters()).device
     model.eval().to(device)
-    written = []
+    written, skipped = [], []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("predicting", total=len(files))
         for path in files:
-            image = read_image(path)
+            try:
+                image = read_image(path)
+            except DataFileError as err:
+                if on_error != "skip":
+                    raise
+                skipped.append({"name": path.stem, "file": str(err.path), "reason": err.problem})
+                bar.advance(task)
+                continue
             fitted, geometry = fit_sample(Sample(image=image, mask=None, name=path.stem), size, fit)
             x = torch.from_numpy(fitted.image).permute(2, 0, 1)[None].to(device).float() / 255
             probs = predict_probabilities(model, x, tta)[0]
@@ -60,4 +73,6 @@ def predict_files(
                 write_png(out_dir / f"{path.stem}_overlay.png", overlay(image, mask))
             written.append(out_dir / f"{path.stem}.png")
             bar.advance(task)
+    if on_error == "skip":
+        write_json(out_dir / "skipped.json", skipped)
     return written

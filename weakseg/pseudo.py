@@ -5,11 +5,10 @@ images already done; another record is refused (or, with ``overwrite``, the old 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from weakseg.config import CamConfig
 from weakseg.data.base import SegmentationDataset
 from weakseg.data.transforms import Geometry, fit_sample
 from weakseg.errors import ConfigError
-from weakseg.identity import CODE_VERSIONS, digest
+from weakseg.identity import CODE_VERSIONS, bytes_digest, digest
 from weakseg.io import write_json, write_png
 from weakseg.models.classifier import Classifier
 from weakseg.refine import Refiner, parse_pipeline
@@ -33,11 +32,13 @@ OUTPUTS = ("masks", "soft", "overlays")
 
 def weights_digest(model: torch.nn.Module) -> str:
     """A digest of a model's weights (every tensor of its state dict, in order)."""
-    sha = hashlib.sha1()
-    for name, tensor in model.state_dict().items():
-        sha.update(name.encode())
-        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return sha.hexdigest()[:20]
+
+    def chunks():
+        for name, tensor in model.state_dict().items():
+            yield name.encode()
+            yield tensor.detach().cpu().contiguous().numpy().tobytes()
+
+    return bytes_digest(chunks(), 20)
 
 
 def claim_folder(out_dir: Path, ident: dict, overwrite: bool) -> None:
@@ -62,7 +63,10 @@ def claim_folder(out_dir: Path, ident: dict, overwrite: bool) -> None:
 class PseudoLabelReport:
     written: int
     skipped: int
+    """Images already done by an earlier run with the same settings."""
     out_dir: Path
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    """Images left out because their files are bad (``on_error='skip'``), also in ``skipped.json``."""
 
 
 def _to_native(values: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -93,7 +97,12 @@ def pseudo_label_dataset(
 
     The CAM is computed at ``size``; refinement runs on the model-size image (``refine_at='input'``, fast)
     or on the native image with the map resized onto it (``'native'``, sharper edges, slower).
+
+    An image whose files are bad stops the run, or with the dataset's ``on_error='skip'`` is left out and listed
+    with its reason in ``skipped.json`` (it is tried again by the next run).
     """
+    if not len(dataset):
+        raise ConfigError(f"split '{dataset.split}' of '{dataset.root}' holds no images")
     if refine_at not in REFINE_AT:
         raise ConfigError(f"refine_at must be one of {REFINE_AT}, not '{refine_at}'")
     out_dir = Path(out_dir)
@@ -115,6 +124,8 @@ def pseudo_label_dataset(
     mask_dir = out_dir / "masks"
     todo = [n for n in dataset.names if not (mask_dir / f"{n}.png").is_file()]
     skipped = len(dataset.names) - len(todo)
+    already_unreadable = len(dataset.skipped)
+    written = 0
     classifier.eval()
     device = device or next(classifier.parameters()).device
     with (
@@ -125,7 +136,10 @@ def pseudo_label_dataset(
         task = bar.add_task("pseudo-labels", total=len(dataset.names), completed=skipped)
         for start in range(0, len(todo), chunk):
             names = todo[start : start + chunk]
-            samples = list(readers.map(dataset.load, names))
+            samples = [s for s in readers.map(dataset.try_load, names) if s is not None]
+            bar.advance(task, len(names) - len(samples))
+            if not samples:
+                continue
             fitted = [fit_sample(s, size, fit) for s in samples]
             images = torch.stack([torch.from_numpy(f.image).permute(2, 0, 1) for f, _ in fitted])
             maps = cam_maps(classifier, images, [s.labels for s in samples], method, cam, device).numpy()
@@ -143,5 +157,9 @@ def pseudo_label_dataset(
                     picture = panel([heatmap(sample.image, native), overlay(sample.image, mask)], height=256)
                     write_png(out_dir / "overlays" / f"{sample.name}.jpg", picture)
                 write_png(mask_dir / f"{sample.name}.png", mask * 255)  # last: its presence marks the image done
-            bar.advance(task, len(names))
-    return PseudoLabelReport(len(todo), skipped, out_dir)
+            written += len(samples)
+            bar.advance(task, len(samples))
+    unreadable = dataset.skipped[already_unreadable:]
+    if dataset.on_error == "skip":
+        write_json(out_dir / "skipped.json", unreadable)
+    return PseudoLabelReport(written, skipped, out_dir, unreadable)

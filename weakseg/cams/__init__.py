@@ -22,30 +22,36 @@ from weakseg.cams.hirescam import HiResCAM
 from weakseg.cams.layer_cam import LayerCAM
 from weakseg.cams.layers import default_target_layers
 from weakseg.cams.xgrad_cam import XGradCAM
-from weakseg.errors import ConfigError
-
-CAM_METHODS: dict[str, type[BaseCAM]] = {
-    "cam": CAM,
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "fullgrad": FullGrad,
-}
+from weakseg.registry import Registry
 
 
-def list_cams() -> list[str]:
-    """Names accepted by :func:`build_cam`."""
-    return list(CAM_METHODS)
+def _cam_key(name: str) -> str:
+    """Case-insensitive; ``-``/``_`` ignored, ``gradcampp`` / ``gradcamplusplus`` = ``gradcam++``."""
+    return name.strip().lower().replace("-", "").replace("_", "").replace("plusplus", "++").replace("pp", "++")
+
+
+CAM_METHODS: Registry[type[BaseCAM]] = Registry("CAM method", normalize=_cam_key)
+"""The CAM methods by name, in this order (the simplest first)."""
+for _name, _cls in [
+    ("cam", CAM),
+    ("gradcam", GradCAM),
+    ("gradcam++", GradCAMPlusPlus),
+    ("hirescam", HiResCAM),
+    ("xgradcam", XGradCAM),
+    ("layercam", LayerCAM),
+    ("fullgrad", FullGrad),
+]:
+    CAM_METHODS.add(_name, _cls)
+
+
+def list_cams(pattern: str = "*") -> list[str]:
+    """Names accepted by :func:`build_cam` matching a shell-style pattern, in :data:`CAM_METHODS` order."""
+    return CAM_METHODS.names(pattern, sort=False)
 
 
 def build_cam(name: str, model: nn.Module, target_layers: Sequence[nn.Module] | None = None, **kwargs) -> BaseCAM:
     """Create a CAM method by name (case-insensitive; ``-``/``_`` ignored, ``gradcampp`` = ``gradcam++``)."""
-    key = name.strip().lower().replace("-", "").replace("_", "").replace("plusplus", "++").replace("pp", "++")
-    if key not in CAM_METHODS:
-        raise ConfigError(f"unknown CAM method '{name}'; choose from {', '.join(CAM_METHODS)}")
-    return CAM_METHODS[key](model, target_layers, **kwargs)
+    return CAM_METHODS.get(name)(model, target_layers, **kwargs)
 
 
 __all__ = [

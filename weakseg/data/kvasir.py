@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from weakseg.data.base import SegmentationDataset
+from weakseg.data.checks import check_boxes
 from weakseg.data.download import fetch_archives, hoist
 from weakseg.data.registry import register_dataset
 from weakseg.data.sample import Sample
@@ -63,13 +64,16 @@ class KvasirSeg(SegmentationDataset):
             self.names = self._split_names(split_name)
         else:
             raise DataFileError(self.root / f"{split}.txt", "unknown split (use train, val, test or all)")
-        box_file = self.root / "kavsir_bboxes.json"
-        self._boxes = read_boxes_json(box_file) if box_file.is_file() else {}
+        self._box_file = self.root / "kavsir_bboxes.json"
+        self._boxes = read_boxes_json(self._box_file) if self._box_file.is_file() else {}
 
     def _split_names(self, split: str) -> list[str]:
         path = self.root / f"{split}.txt"
         if path.is_file():
-            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            if not names:
+                raise DataFileError(path, "split list names no images")
+            return names
         warnings.warn(f"'{path}' not found: using a fixed seeded {VAL_SIZE}-image validation split", stacklevel=3)
         every = sorted(p.stem for p in (self.root / "images").glob("*.jpg"))
         order = np.random.default_rng(0).permutation(len(every))
@@ -83,5 +87,5 @@ class KvasirSeg(SegmentationDataset):
         if raw.shape != image.shape[:2]:
             raise DataFileError(self.root / "masks" / f"{name}.jpg", "mask size differs from image size")
         mask = (raw >= 128).astype(np.uint8)
-        boxes = self._boxes.get(name, np.zeros((0, 4), np.float32))
+        boxes = check_boxes(self._boxes.get(name, np.zeros((0, 4))), image.shape[:2], self._box_file, name)
         return Sample(image=image, mask=mask, labels=[0], boxes=boxes, name=name)

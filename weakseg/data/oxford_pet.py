@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from weakseg.data.base import SegmentationDataset
+from weakseg.data.checks import check_boxes
 from weakseg.data.download import fetch_archives
 from weakseg.data.registry import register_dataset
 from weakseg.data.sample import IGNORE_INDEX, Sample
@@ -28,9 +29,13 @@ def read_list(path: Path) -> list[tuple[str, int, int]]:
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
-        if len(parts) < 3:
-            raise DataFileError(path, f"malformed line '{line}' in list file")
-        rows.append((parts[0], int(parts[1]), int(parts[2])))
+        try:
+            row = (parts[0], int(parts[1]), int(parts[2]))
+        except (IndexError, ValueError):
+            raise DataFileError(path, f"malformed line '{line}' in list file") from None
+        if row[2] not in (1, 2):
+            raise DataFileError(path, f"species id {row[2]} of '{row[0]}' is neither 1 (cat) nor 2 (dog)")
+        rows.append(row)
     return rows
 
 
@@ -92,8 +97,13 @@ class OxfordPet(SegmentationDataset):
         if not list_file.is_file():
             raise DataFileError(list_file, "split list is missing")
         rows = read_list(list_file)
+        if not rows:
+            raise DataFileError(list_file, "split list names no images")
         every = read_list(ann / "list.txt") if (ann / "list.txt").is_file() else rows
         breeds = {cid: breed_of(n) for n, cid, _ in every}
+        unknown = [(n, c) for n, c, _ in rows if c not in breeds]
+        if unknown:
+            raise DataFileError(list_file, f"class id {unknown[0][1]} of '{unknown[0][0]}' is not in list.txt")
         self.class_ids = sorted(breeds)
         if tags == "species":
             self.tag_classes = list(SPECIES)
@@ -119,9 +129,13 @@ class OxfordPet(SegmentationDataset):
         trimap = read_mask(self.mask_path(name))
         if trimap.shape != image.shape[:2]:
             raise DataFileError(self.mask_path(name), f"trimap size {trimap.shape} != image size {image.shape[:2]}")
+        if not np.isin(trimap, (1, 2, 3)).all():
+            bad = sorted(set(np.unique(trimap).tolist()) - {1, 2, 3})
+            raise DataFileError(self.mask_path(name), f"trimap values {bad} are not 1, 2 or 3")
         mask = np.full(trimap.shape, IGNORE_INDEX, np.uint8)
         mask[trimap == 1] = 1 + self._tags[name] if self.masks == "tags" else 1
         mask[trimap == 2] = 0
         xml = self.root / "annotations" / "xmls" / f"{name}.xml"
         boxes = read_head_boxes(xml) if xml.is_file() else np.zeros((0, 4), np.float32)
+        boxes = check_boxes(boxes, image.shape[:2], xml, name)
         return Sample(image=image, mask=mask, labels=[self._tags[name]], boxes=boxes, name=name)

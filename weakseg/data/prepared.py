@@ -15,10 +15,11 @@ from rich.progress import Progress
 from weakseg.data.base import SegmentationDataset
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.data.transforms import Geometry, augment_batch, check_size, fit_sample
+from weakseg.errors import ConfigError
 from weakseg.identity import digest
 from weakseg.io import atomic_path
 
-CACHE_VERSION = 2  # 2: keyed by the files' fingerprint; splits carry it
+CACHE_VERSION = 3  # 2: keyed by the files' fingerprint; splits carry it. 3: checked loaders; skipped items listed
 
 
 def cache_dir() -> Path:
@@ -44,6 +45,9 @@ class PreparedSplit:
     tag_classes: list[str] = field(default_factory=list)
     fingerprint: str = ""
     """:meth:`SegmentationDataset.fingerprint` of the files the split was prepared from."""
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    """Items left out because their files are bad (``on_error='skip'``): ``{split, name, file, reason}``, in the
+    dataset's order. Not carried by :meth:`subset`."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -78,6 +82,12 @@ class PreparedSplit:
         return out
 
 
+def _is_option(value: object) -> bool:
+    """A dataset attribute that can change what is prepared: a plain value or a list of them (declared classes)."""
+    plain = (str, int, float, bool)
+    return isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value))
+
+
 def _cache_key(dataset: SegmentationDataset, size: int, fit: str, keep_native: bool, files: str) -> str:
     ident = {
         "v": CACHE_VERSION,
@@ -89,7 +99,7 @@ def _cache_key(dataset: SegmentationDataset, size: int, fit: str, keep_native: b
         "native": keep_native,
         "names": digest(dataset.names, 40),
         "files": files,
-        "options": {k: v for k, v in vars(dataset).items() if isinstance(v, (str, int, float, bool))},
+        "options": {k: v for k, v in vars(dataset).items() if k not in ("names", "_skipped") and _is_option(v)},
     }
     return digest(ident, 20)
 
@@ -102,8 +112,13 @@ def prepare(
     use_cache: bool = True,
     progress: bool = True,
 ) -> PreparedSplit:
-    """Decode and fit every sample of ``dataset`` (in threads), or load the same from the disk cache."""
+    """Decode and fit every sample of ``dataset`` (in threads), or load the same from the disk cache.
+
+    An item whose files are bad stops with a :class:`~weakseg.errors.DataFileError`, or, with the dataset's
+    ``on_error='skip'``, is left out and listed in the split's ``skipped``. A split without images is an error."""
     check_size(size)
+    if not len(dataset):
+        raise ConfigError(f"split '{dataset.split}' of '{dataset.root}' holds no images")
     files = dataset.fingerprint()  # an edited image or mask on disk is a cache miss
     key = _cache_key(dataset, size, fit, keep_native, files)
     path = cache_dir() / "prepared" / f"{dataset.key or type(dataset).__name__}-{key}.pt"
@@ -114,7 +129,9 @@ def prepare(
             path.unlink(missing_ok=True)
 
     def load(i: int):
-        sample = dataset[i]
+        sample = dataset.try_load(dataset.names[i])
+        if sample is None:
+            return None
         fitted, geometry = fit_sample(sample, size, fit)
         return fitted, geometry, (sample.mask if keep_native else None)
 
@@ -122,13 +139,20 @@ def prepare(
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
     has_masks = True
     masks = torch.full((n, size, size), IGNORE_INDEX, dtype=torch.uint8)
-    labels, boxes, geometry, native = [], [], [], []
+    names, labels, boxes, geometry, native = [], [], [], [], []
+    already_skipped = len(dataset.skipped)
     with (
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
         Progress(disable=not progress, transient=True) as bar,
     ):
         task = bar.add_task(f"preparing {dataset.key or 'dataset'}/{dataset.split}", total=n)
-        for i, (fitted, geo, native_mask) in enumerate(pool.map(load, range(n))):
+        for source, loaded in enumerate(pool.map(load, range(n))):
+            bar.advance(task)
+            if loaded is None:  # skipped: its file and reason are in dataset.skipped
+                continue
+            fitted, geo, native_mask = loaded
+            i = len(names)
+            names.append(dataset.names[source])
             images[i] = torch.from_numpy(fitted.image).permute(2, 0, 1)
             if fitted.mask is None:
                 has_masks = False
@@ -138,9 +162,18 @@ def prepare(
             boxes.append(fitted.boxes)
             geometry.append(geo)
             native.append(native_mask)
-            bar.advance(task)
+    order = {name: k for k, name in enumerate(dataset.names)}
+    skipped = sorted(dataset.skipped[already_skipped:], key=lambda item: order.get(item["name"], n))
+    if not names:
+        first = skipped[0]
+        raise ConfigError(
+            f"all {n} images of split '{dataset.split}' were skipped as unreadable, the first: {first['reason']}: "
+            f"'{first['file']}'"
+        )
+    if len(names) < n:  # copies: a cached view would store the whole buffer
+        images, masks = images[: len(names)].clone(), masks[: len(names)].clone()
     split = PreparedSplit(
-        names=list(dataset.names),
+        names=names,
         images=images,
         masks=masks if has_masks else None,
         labels=labels,
@@ -150,6 +183,7 @@ def prepare(
         mask_classes=list(dataset.mask_classes),
         tag_classes=list(dataset.tag_classes),
         fingerprint=files,
+        skipped=skipped,
     )
     if use_cache:
         with atomic_path(path) as tmp:

@@ -7,29 +7,28 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from weakseg.data.base import SegmentationDataset
-from weakseg.errors import ConfigError
+from weakseg.registry import Registry
 
-_DATASETS: dict[str, type[SegmentationDataset]] = {}
+DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
 T = TypeVar("T", bound=type[SegmentationDataset])
 
 
 def register_dataset(name: str) -> Callable[[T], T]:
-    """Class decorator: make a dataset available to ``build_dataset(name, ...)``."""
+    """Class decorator: make a dataset available to ``build_dataset(name, ...)`` (and set its ``key``)."""
 
     def wrap(cls: T) -> T:
+        DATASETS.add(name, cls)
         cls.key = name
-        _DATASETS[name] = cls
         return cls
 
     return wrap
 
 
-def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Registered dataset names matching a shell-style pattern, sorted."""
+    return DATASETS.names(pattern)
 
 
 def build_dataset(name: str, root: str | Path, split: str, **options: Any) -> SegmentationDataset:
     """Create a dataset split by registered name (``oxford_pet``, ``kvasir``, ``folder``)."""
-    if name not in _DATASETS:
-        raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(list_datasets())}")
-    return _DATASETS[name](root, split=split, **options)
+    return DATASETS.get(name)(root, split=split, **options)

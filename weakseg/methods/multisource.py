@@ -21,8 +21,6 @@ use: what the experiment runner may choose settings on); ``final`` scores the se
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
@@ -32,38 +30,16 @@ from weakseg.data.prepared import PreparedSplit
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.errors import ConfigError
 from weakseg.identity import digest
+from weakseg.methods.base import RunContext, StageResult, load_dataset, register_method
 from weakseg.methods.segmenter import train_and_test
 from weakseg.methods.tags import pseudo_labels, soft_maps
 from weakseg.metrics import ConfusionMatrix
-from weakseg.pipeline import RunContext, StageResult, load_dataset, register_method
 from weakseg.sources.boxes import box_masks, boxes_from_mask
 from weakseg.sources.prompted import prompted_masks
+from weakseg.sources.registry import SOURCES, list_sources, register_source, source_labels
 from weakseg.sources.sam import build_mask_generator
 from weakseg.sources.target import Target
 from weakseg.visualize import save_label_examples
-
-SourceBuilder = Callable[[RunContext, PreparedSplit, str], Target]
-"""(context, split, use) -> the source's target for the split's images within the budget, its labels recorded
-in the run's ledger as ``use`` (``train``, ``validation`` or ``tuning``)."""
-
-_SOURCES: dict[str, SourceBuilder] = {}
-SOURCE_LABELS: dict[str, str] = {}
-"""The kind of budget label each source is made from."""
-
-
-def register_source(name: str, labels: str) -> Callable[[SourceBuilder], SourceBuilder]:
-    """Decorator: make a supervision source available in ``method.sources``; it consumes ``labels``."""
-
-    def wrap(fn: SourceBuilder) -> SourceBuilder:
-        _SOURCES[name] = fn
-        SOURCE_LABELS[name] = labels
-        return fn
-
-    return wrap
-
-
-def list_sources() -> list[str]:
-    return sorted(_SOURCES)
 
 
 def _keep(split: PreparedSplit, labels: torch.Tensor, chosen: list[str]) -> torch.Tensor:
@@ -183,7 +159,7 @@ def method_sources(ctx: RunContext) -> list[str]:
     """The sources a run trains from, primary first (``masks`` when it is one of them)."""
     method = ctx.config.method
     sources = [SINGLE_SOURCE[method.name]] if method.name in SINGLE_SOURCE else list(method.sources)
-    unknown = [s for s in sources if s not in _SOURCES]
+    unknown = [s for s in sources if s not in SOURCES]
     if unknown or not sources or len(set(sources)) != len(sources):
         raise ConfigError(f"method.sources must be distinct names from {list_sources()}, got {sources}")
     extra = [s for s in method.weights if s not in sources]
@@ -197,7 +173,7 @@ def primary_labels(config: RunConfig) -> str:
     method = config.method
     sources = [SINGLE_SOURCE[method.name]] if method.name in SINGLE_SOURCE else list(method.sources)
     primary = "masks" if "masks" in sources else sources[0] if sources else "masks"
-    return SOURCE_LABELS.get(primary, "masks")
+    return source_labels(primary) if primary in SOURCES else "masks"
 
 
 def pseudo_quality(target: Target, split: PreparedSplit) -> dict:
@@ -226,7 +202,7 @@ def dev_quality(ctx: RunContext, sources: list[str]) -> StageResult | None:
     ctx.ledger.record("tuning", "masks", dev)
     metrics: dict = {}
     for source in sources:
-        quality = pseudo_quality(_SOURCES[source](ctx, subset, "tuning"), subset)
+        quality = pseudo_quality(SOURCES.get(source)(ctx, subset, "tuning"), subset)
         metrics |= {f"{source}.{k}": v for k, v in quality.items()} | (quality if len(sources) == 1 else {})
     return StageResult("dev", metrics)
 
@@ -246,7 +222,7 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
         return [dev] if dev else []
     targets = []
     for name in sources:
-        target = _SOURCES[name](ctx, ctx.train, "train")
+        target = SOURCES.get(name)(ctx, ctx.train, "train")
         target.weight = float(weights.get(name, 1.0))
         targets.append(target)
     if not targets[0].labelled.any():
@@ -262,7 +238,7 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
         return results
     val = None
     if ctx.val is not None:
-        val = ctx.val.with_masks(hard(_SOURCES[sources[0]](ctx, ctx.val, "validation")))
+        val = ctx.val.with_masks(hard(SOURCES.get(sources[0])(ctx, ctx.val, "validation")))
     b, method = ctx.selection, ctx.config.method
     key = {
         "sources": sources,

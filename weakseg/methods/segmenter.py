@@ -6,8 +6,8 @@ from pathlib import Path
 
 from weakseg.data.prepared import PreparedSplit
 from weakseg.evaluate import evaluate_model
+from weakseg.methods.base import RunContext, StageResult
 from weakseg.models import Segmenter, build_model
-from weakseg.pipeline import RunContext, StageResult
 from weakseg.runtime import seed_everything
 from weakseg.sources.target import Target
 from weakseg.train import fit

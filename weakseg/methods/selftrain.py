@@ -32,11 +32,11 @@ from weakseg.classify import is_multilabel, train_classifier
 from weakseg.data.prepared import PreparedSplit
 from weakseg.errors import ConfigError
 from weakseg.evaluate import predict_probabilities
+from weakseg.methods.base import RunContext, StageResult, register_method
 from weakseg.methods.segmenter import fit_and_test
 from weakseg.methods.tags import dev_stages, quality, refine_split
 from weakseg.models import build_model
 from weakseg.models.multitask import MultiTaskSegmenter
-from weakseg.pipeline import RunContext, StageResult, register_method
 from weakseg.refine import RefinePipeline, parse_pipeline
 from weakseg.runtime import seed_everything
 from weakseg.sources.cam import cam_maps, to_uint8
@@ -145,6 +145,7 @@ def self_training(ctx: RunContext) -> list[StageResult]:
         if cfg.method.restart and r > 0:
             model.load_state_dict(built)
         val = with_labels(ctx.val, masks, index) if ctx.val is not None else None
+        # BLAKE2b, not identity.bytes_digest (SHA-1): another hash would change the digests of existing checkpoints
         key = {"round": r, "pseudo": hashlib.blake2b(masks.numpy().tobytes(), digest_size=8).hexdigest()}
         final = fit_and_test(
             ctx, model, with_labels(ctx.train, masks, index), key, val, out_dir=ctx.out_dir / f"round{r}",

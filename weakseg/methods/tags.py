@@ -21,10 +21,10 @@ from weakseg.classify import is_multilabel, train_classifier
 from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
 from weakseg.identity import CODE_VERSIONS, digest
+from weakseg.methods.base import RunContext, StageResult, load_dataset, register_method
 from weakseg.methods.segmenter import train_and_test
 from weakseg.metrics import ConfusionMatrix
 from weakseg.models.classifier import Classifier, build_classifier
-from weakseg.pipeline import RunContext, StageResult, load_dataset, register_method
 from weakseg.refine import RefinePipeline, Refiner, parse_pipeline
 from weakseg.sources.cam import cam_maps, to_uint8
 from weakseg.sources.store import ArtifactStore

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,24 +20,20 @@ from weakseg.models.encoders import (
     read_checkpoint,
 )
 from weakseg.models.segmenter import Segmenter
+from weakseg.registry import Registry
 
 Factory = Callable[..., nn.Module]
-_MODELS: dict[str, Factory] = {}
+MODELS: Registry[Factory] = Registry("architecture")
 
 
 def register_model(name: str) -> Callable[[Factory], Factory]:
     """Decorator: register a factory ``f(encoder_name, encoder_weights, classes, **kw) -> nn.Module``."""
-
-    def wrap(factory: Factory) -> Factory:
-        _MODELS[name] = factory
-        return factory
-
-    return wrap
+    return MODELS.register(name)
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered architecture names matching a shell-style pattern."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    """Registered architecture names matching a shell-style pattern, sorted."""
+    return MODELS.names(pattern)
 
 
 def build_model(
@@ -58,8 +53,7 @@ def build_model(
     weights: ``imagenet`` (bundled offline for EfficientNet-Lite0..2, else from the hub), ``none``, or a path
              to an encoder state dict.
     """
-    if arch not in _MODELS:
-        raise ConfigError(f"unknown architecture '{arch}'; known: {', '.join(list_models())}")
+    factory = MODELS.get(arch)
     if mode not in ("binary", "multiclass"):
         raise ConfigError(f"mode must be 'binary' or 'multiclass', not '{mode}'")
     if mode == "binary" and classes != 2:
@@ -69,7 +63,6 @@ def build_model(
     tags, multilabel = kwargs.pop("tags", None), bool(kwargs.pop("multilabel", False))
     if tags and heads:
         raise ConfigError("a model has either one head per supervision source (heads) or a tag branch (tags)")
-    factory = _MODELS[arch]
     out_channels = 1 if mode == "binary" else classes
     weights = None if weights in (None, "none", "None", "") else weights
 

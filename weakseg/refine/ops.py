@@ -19,8 +19,10 @@ import cv2
 import numpy as np
 
 from weakseg.errors import ConfigError
+from weakseg.registry import Registry
 
 __all__ = [
+    "OPS",
     "RefineOp",
     "RefineState",
     "crf_foreground_prob",
@@ -112,34 +114,32 @@ class RefineOp:
         return state.mask
 
 
-_REGISTRY: dict[str, type[RefineOp]] = {}
+OPS: Registry[type[RefineOp]] = Registry("refinement step", normalize=lambda name: str(name).strip().lower())
 T = TypeVar("T", bound=type[RefineOp])
 
 
 def register_op(name: str) -> Callable[[T], T]:
-    """Class decorator: make an op available to pipelines under ``name``."""
+    """Class decorator: make an op available to pipelines under ``name`` (and set its ``name``)."""
 
     def decorate(cls: T) -> T:
-        if name in _REGISTRY:
-            raise ValueError(f"refinement op '{name}' registered twice")
+        OPS.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorate
 
 
-def list_ops() -> list[str]:
-    """Names of all registered ops, sorted."""
-    return sorted(_REGISTRY)
+def list_ops(pattern: str = "*") -> list[str]:
+    """Names of the registered ops matching a shell-style pattern, sorted."""
+    return OPS.names(pattern)
 
 
 def get_op(name: str) -> type[RefineOp]:
-    """The op class registered under ``name``; ConfigError listing the known names otherwise."""
-    key = str(name).strip().lower()
-    if key not in _REGISTRY:
+    """The op class registered under ``name`` (case and surrounding spaces ignored); ConfigError listing the known
+    names otherwise."""
+    if str(name) not in OPS:
         raise ConfigError(f"unknown refinement step '{name}'; known steps: {', '.join(list_ops())}")
-    return _REGISTRY[key]
+    return OPS.get(str(name))
 
 
 def make_op(name: str, *args: Any, **kwargs: Any) -> RefineOp:

@@ -15,7 +15,6 @@ per image on disk, keyed by the generator, the image (name and pixels) and its b
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import re
 import time
@@ -32,9 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from weakseg.errors import ConfigError, WeightsUnavailableError
-from weakseg.identity import CODE_VERSIONS, digest
+from weakseg.identity import CODE_VERSIONS, bytes_digest, digest
 from weakseg.io import write_json, write_png
 from weakseg.models.encoders import hub_reachable, read_state_dict
+from weakseg.registry import Registry
 from weakseg.sources.boxes import box_mask, fit_boxes
 
 SAM_HOST = "dl.fbaipublicfiles.com"
@@ -50,12 +50,11 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     """A cheap identity for a (possibly multi-GB) weights file: name, size and a hash of its first and last MiB."""
     path = Path(path)
     size = path.stat().st_size
-    sha = hashlib.sha1()
     with path.open("rb") as fh:
-        sha.update(fh.read(1 << 20))
+        head = fh.read(1 << 20)
         fh.seek(max(0, size - (1 << 20)))
-        sha.update(fh.read(1 << 20))
-    return {"file": path.name, "size": size, "sha1_ends": sha.hexdigest()[:16]}
+        tail = fh.read(1 << 20)
+    return {"file": path.name, "size": size, "sha1_ends": bytes_digest([head, tail])}
 
 
 def _check_inputs(
@@ -117,6 +116,11 @@ class MaskGenerator:
         return f"{type(self).__name__}({self.identity()})"
 
 
+GENERATORS: Registry[Callable[..., MaskGenerator]] = Registry("mask generator")
+"""Mask generators by name: ``box``, ``litemedsam``, ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h``."""
+
+
+@GENERATORS.register("box")
 class BoxMaskGenerator(MaskGenerator):
     """The boxes themselves, filled (``rect``) or as inscribed ellipses, optionally shrunk."""
 
@@ -175,6 +179,7 @@ def _checkpoint_file(path: str | Path, what: str) -> Path:
     return path
 
 
+@GENERATORS.register("litemedsam")
 class LiteMedSAMGenerator(_TorchGenerator):
     """LiteMedSAM from box prompts, offline.
 
@@ -340,7 +345,7 @@ class CachedMaskGenerator:
 
     def path(self, name: str, image: np.ndarray, boxes: np.ndarray) -> Path:
         """Where the mask of ``image`` (called ``name``) for ``boxes`` is kept."""
-        pixels = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]  # ~1 ms per megapixel
+        pixels = bytes_digest(np.ascontiguousarray(image).tobytes())  # ~1 ms per megapixel
         boxes = np.round(boxes.astype(np.float64), 3).tolist()
         key = digest({"name": name, "shape": list(image.shape), "pixels": pixels, "boxes": boxes})
         return self.folder / f"{_SAFE.sub('_', name)[:80]}.{key[:12]}.png"
@@ -378,25 +383,21 @@ class CachedMaskGenerator:
         return masks  # type: ignore[return-value]
 
 
-_GENERATORS: dict[str, Callable[..., MaskGenerator]] = {
-    "box": BoxMaskGenerator,
-    "litemedsam": LiteMedSAMGenerator,
-    **{f"sam_{kind}": partial(SamGenerator, kind) for kind in SAM_URLS},
-}
+for _kind in SAM_URLS:
+    GENERATORS.add(f"sam_{_kind}", partial(SamGenerator, _kind))
 
 
-def list_mask_generators() -> list[str]:
-    """Names accepted by :func:`build_mask_generator`."""
-    return sorted(_GENERATORS)
+def list_mask_generators(pattern: str = "*") -> list[str]:
+    """Names accepted by :func:`build_mask_generator` matching a shell-style pattern, sorted."""
+    return GENERATORS.names(pattern)
 
 
 def check_generator_options(name: str, options: dict[str, Any]) -> None:
     """ConfigError unless ``name`` is a known generator that accepts ``options`` (by name; values are checked
     when it is built)."""
-    if name not in _GENERATORS:
-        raise ConfigError(f"unknown mask generator '{name}'; known: {', '.join(list_mask_generators())}")
+    factory = GENERATORS.get(name)
     try:
-        inspect.signature(_GENERATORS[name]).bind(**options)
+        inspect.signature(factory).bind(**options)
     except TypeError as err:
         raise ConfigError(f"mask generator '{name}': {err}") from err
 
@@ -405,4 +406,4 @@ def build_mask_generator(name: str, **options: Any) -> MaskGenerator:
     """A mask generator by name: ``box`` (shape_kind, shrink), ``litemedsam`` (checkpoint, device, threshold),
     ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` (checkpoint, device)."""
     check_generator_options(name, options)
-    return _GENERATORS[name](**options)
+    return GENERATORS.get(name)(**options)
