@@ -87,6 +87,7 @@ def test_selection_save_round_trips(tmp_path):
         "point_mode": "balanced",
         "seed": 7,
         "clicks": None,
+        "from_files": False,
     }
     assert data["images"] == 120 and data["masks"] == selection.masks and data["boxes"] == selection.boxes
     loaded = BudgetSelection(

@@ -308,7 +308,7 @@ def test_a_setting_added_at_its_neutral_value_keeps_the_keys_of_recorded_runs():
     # recorded before train.cpu_amp and the selftrain settings existed: the same dump without those settings
     before = config.model_dump(exclude={"train": {"progress"}})
     neutral = ("train.cpu_amp", "method.rounds", "method.regenerate", "method.restart", "method.tag_weight")
-    for path in (*neutral, "dataset.on_error"):
+    for path in (*neutral, "dataset.on_error", "budget.source"):
         section, name = path.split(".")
         del before[section][name]
     assert key["config"] == json.loads(json.dumps(before, default=str))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -18,6 +19,9 @@ import torch
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.io import write_json
 from weakseg.labels import LabelLedger
+
+if TYPE_CHECKING:
+    from weakseg.data.prepared import PreparedSplit
 
 POINT_MODES = ("uniform", "balanced")
 
@@ -49,16 +53,19 @@ class Budget:
     point_mode: str = "uniform"
     seed: int = 0
     clicks: int | None = None
+    from_files: bool = False
 
 
 @dataclass
 class BudgetSelection:
-    """Which images keep full masks and boxes; point parameters (points are re-sampled from them)."""
+    """Which images keep full masks and boxes; point parameters (points are re-sampled from them), or, from
+    files, the images that have clicks (``points``; None: every image when the budget has points)."""
 
     budget: Budget
     masks: list[str] = field(default_factory=list)
     boxes: list[str] = field(default_factory=list)
     images: int = 0
+    points: list[str] | None = None
 
     def images_with(self, kind: str, names: list[str]) -> list[str]:
         """The images among ``names`` that the budget gives ``kind`` labels to (points and tags: every image
@@ -69,13 +76,13 @@ class BudgetSelection:
     def ledger(self) -> LabelLedger:
         """An empty ledger that accepts exactly the labels this selection gives."""
         has_points = self.budget.density is not None or self.budget.clicks is not None
-        return LabelLedger(
-            {"masks": set(self.masks), "boxes": set(self.boxes), "points": None if has_points else set(), "tags": None}
-        )
+        points = set(self.points) if self.points is not None else None if has_points else set()
+        return LabelLedger({"masks": set(self.masks), "boxes": set(self.boxes), "points": points, "tags": None})
 
     def save(self, path: str | Path, validation: list[str] | None = None) -> None:
         """Write the selection (and the images held out for validation, when given) as JSON."""
         data = {"budget": asdict(self.budget), "images": self.images, "masks": self.masks, "boxes": self.boxes}
+        data |= {"points": self.points} if self.points is not None else {}
         write_json(path, data | ({"validation": validation} if validation is not None else {}))
 
 
@@ -87,6 +94,30 @@ def select(budget: Budget, names: list[str]) -> BudgetSelection:
         boxes=choose_subset(names, budget.boxes, budget.seed, "boxes"),
         images=len(names),
     )
+
+
+def select_from_files(budget: Budget, split: PreparedSplit) -> BudgetSelection:
+    """What the files hold: masks for the images that have one, boxes and clicks for those that have them."""
+    names = split.names
+    return BudgetSelection(
+        budget=budget,
+        masks=split.labelled_names,
+        boxes=[n for n, b in zip(names, split.boxes, strict=True) if len(b)],
+        images=len(names),
+        points=[n for n, p in zip(names, split.points, strict=True) if len(p)],
+    )
+
+
+def click_masks(split: PreparedSplit) -> torch.Tensor:
+    """(N, S, S) uint8 masks of a prepared split's clicks: the clicked pixel (at model size) has the clicked class,
+    everything else ``IGNORE_INDEX``; a later click on the same pixel wins."""
+    out = torch.full((len(split), split.size, split.size), IGNORE_INDEX, dtype=torch.uint8)
+    for i, points in enumerate(split.points):
+        if len(points):
+            x = np.clip(np.floor(points[:, 0]).astype(int), 0, split.size - 1)
+            y = np.clip(np.floor(points[:, 1]).astype(int), 0, split.size - 1)
+            out[i, torch.from_numpy(y), torch.from_numpy(x)] = torch.from_numpy(points[:, 2].astype(np.uint8))
+    return out
 
 
 def sample_points(mask: np.ndarray, density: float, name: str, seed: int, mode: str = "uniform") -> np.ndarray:

@@ -47,6 +47,11 @@ class BudgetConfig(Section):
     density: float | None = Field(None, ge=0, le=100, description="% of pixels labelled as points")
     point_mode: str = "uniform"
     clicks: int | None = Field(None, ge=1, description="clicks per object (replaces density when set)")
+    source: Literal["simulated", "files"] = Field(
+        "simulated",
+        description="simulated: the settings above choose labels from the ground truth; files: each image has "
+        "what the dataset's files hold (masks, boxes, clicks, tags), and the settings above are not used",
+    )
 
 
 class MethodConfig(Section):

@@ -50,6 +50,9 @@ def evaluate_model(
         raise ValueError("this split has no ground-truth masks to evaluate against")
     if not len(split):
         raise ConfigError("nothing to evaluate: the split holds no images")
+    if not use_native and not all(split.labelled):
+        missing = [n for n, has in zip(split.names, split.labelled, strict=True) if not has]
+        raise ConfigError(f"{len(missing)} image(s) to evaluate on have no mask (e.g. '{missing[0]}')")
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluating", total=len(split))
         for images, masks, index in iterate_batches(split, batch_size, device):

@@ -33,6 +33,7 @@ NEUTRAL_SETTINGS: dict[str, Any] = {
     "method.restart": False,
     "method.tag_weight": 1.0,
     "dataset.on_error": "raise",
+    "budget.source": "simulated",
 }
 """Config settings added after runs were recorded, at the value that reproduces what those runs did: a run key
 leaves a setting out while it has this value, so adding a setting does not re-run every finished run. A new

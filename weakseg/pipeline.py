@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weakseg.budget import Budget, choose_subset, select
+from weakseg.budget import Budget, choose_subset, select, select_from_files
 from weakseg.config import RunConfig
 from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
@@ -97,8 +97,9 @@ def run(
         skipped = [*train_full.skipped, *(s for s in test.skipped if s not in train_full.skipped)]
         write_json(out_dir / "skipped.json", skipped)
     b = config.budget
-    budget = Budget(b.coverage, b.boxes, b.density, b.point_mode, config.seed, b.clicks)
-    selection = select(budget, train_full.names)  # the budget covers validation and tuning too
+    budget = Budget(b.coverage, b.boxes, b.density, b.point_mode, config.seed, b.clicks, b.source == "files")
+    # the budget covers validation and tuning too
+    selection = select_from_files(budget, train_full) if budget.from_files else select(budget, train_full.names)
     kind = primary(config)
     pool = selection.images_with(kind, train_full.names)
     train, val = holdout(train_full, config.dataset.val_fraction, config.seed, pool, kind)

@@ -94,11 +94,12 @@ class ImageLabels:
         self.shapes += other.shapes
         self.size = self.size or other.size
 
-    def mask(self, classes: list[str], height: int, width: int) -> np.ndarray | None:
-        """The drawn shapes as a class-index mask (index into ``classes``, background 0), or None without shapes."""
+    def mask(self, classes: list[str] | dict[str, int], height: int, width: int) -> np.ndarray | None:
+        """The drawn shapes as a class-index mask (index into ``classes``, or ``classes[label]`` for a mapping;
+        background 0), or None without shapes."""
         if not self.shapes:
             return None
-        index = {c: i for i, c in enumerate(classes)}
+        index = classes if isinstance(classes, dict) else {c: i for i, c in enumerate(classes)}
         canvas = np.zeros((height, width), np.uint8)
         for shape in self.shapes:
             if shape.label not in index:

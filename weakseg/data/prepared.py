@@ -19,7 +19,8 @@ from weakseg.errors import ConfigError
 from weakseg.identity import digest
 from weakseg.io import atomic_path
 
-CACHE_VERSION = 3  # 2: keyed by the files' fingerprint; splits carry it. 3: checked loaders; skipped items listed
+CACHE_VERSION = 4  # 2: keyed by the files' fingerprint; splits carry it. 3: checked loaders; skipped items listed
+# 4: clicks, and masks of some images only (``labelled``)
 
 
 def cache_dir() -> Path:
@@ -31,7 +32,9 @@ def cache_dir() -> Path:
 class PreparedSplit:
     """Images (N, 3, S, S) uint8, masks (N, S, S) uint8 with ``IGNORE_INDEX``, and per-image metadata.
 
-    ``native_masks`` keeps the ground truth at native resolution (for honest evaluation), if asked.
+    ``masks`` is None when no image has a mask; ``labelled`` says which images have one (the others' masks are
+    all ``IGNORE_INDEX``). ``points``: each image's clicks (K, 3) x, y, class at model size. ``native_masks``
+    keeps the ground truth at native resolution (for honest evaluation), if asked and every image has a mask.
     """
 
     names: list[str]
@@ -48,6 +51,19 @@ class PreparedSplit:
     skipped: list[dict[str, str]] = field(default_factory=list)
     """Items left out because their files are bad (``on_error='skip'``): ``{split, name, file, reason}``, in the
     dataset's order. Not carried by :meth:`subset`."""
+    labelled: list[bool] = field(default_factory=list)
+    points: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.labelled:
+            self.labelled = [self.masks is not None] * len(self.names)
+        if not self.points:
+            self.points = [np.zeros((0, 3), np.float32) for _ in self.names]
+
+    @property
+    def labelled_names(self) -> list[str]:
+        """The images that have a mask."""
+        return [n for n, has in zip(self.names, self.labelled, strict=True) if has]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -71,6 +87,8 @@ class PreparedSplit:
             mask_classes=self.mask_classes,
             tag_classes=self.tag_classes,
             fingerprint=self.fingerprint,
+            labelled=[self.labelled[i] for i in idx],
+            points=[self.points[i] for i in idx],
         )
 
     def with_masks(self, masks: torch.Tensor) -> PreparedSplit:
@@ -78,7 +96,7 @@ class PreparedSplit:
         if masks.shape != (len(self), self.size, self.size):
             raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit {len(self)} images of {self.size}")
         out = self.subset(range(len(self)))
-        out.masks = masks
+        out.masks, out.labelled = masks, [True] * len(self)
         return out
 
 
@@ -137,9 +155,8 @@ def prepare(
 
     n = len(dataset)
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
-    has_masks = True
     masks = torch.full((n, size, size), IGNORE_INDEX, dtype=torch.uint8)
-    names, labels, boxes, geometry, native = [], [], [], [], []
+    names, labels, boxes, geometry, native, labelled, points = [], [], [], [], [], [], []
     already_skipped = len(dataset.skipped)
     with (
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
@@ -154,12 +171,12 @@ def prepare(
             i = len(names)
             names.append(dataset.names[source])
             images[i] = torch.from_numpy(fitted.image).permute(2, 0, 1)
-            if fitted.mask is None:
-                has_masks = False
-            else:
+            labelled.append(fitted.mask is not None)
+            if fitted.mask is not None:
                 masks[i] = torch.from_numpy(fitted.mask)
             labels.append(fitted.labels)
             boxes.append(fitted.boxes)
+            points.append(fitted.points)
             geometry.append(geo)
             native.append(native_mask)
     order = {name: k for k, name in enumerate(dataset.names)}
@@ -175,15 +192,17 @@ def prepare(
     split = PreparedSplit(
         names=names,
         images=images,
-        masks=masks if has_masks else None,
+        masks=masks if any(labelled) else None,
         labels=labels,
         boxes=boxes,
         geometry=geometry,
-        native_masks=native if keep_native and has_masks else None,
+        native_masks=native if keep_native and all(labelled) else None,
         mask_classes=list(dataset.mask_classes),
         tag_classes=list(dataset.tag_classes),
         fingerprint=files,
         skipped=skipped,
+        labelled=labelled,
+        points=points,
     )
     if use_cache:
         with atomic_path(path) as tmp:

@@ -19,6 +19,7 @@ class Sample:
     labels: image-level class indices (tags); one for single-label datasets.
     boxes:  float32 (N, 4) boxes as x_min, y_min, x_max, y_max in pixels (max exclusive), possibly empty.
     name:   identifier, unique within the dataset (the file stem).
+    points: float32 (K, 3) clicks as x, y in pixels and the clicked class index (0: a background click).
     """
 
     image: np.ndarray
@@ -26,6 +27,7 @@ class Sample:
     labels: list[int] = field(default_factory=list)
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     name: str = ""
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
 
     @property
     def size(self) -> tuple[int, int]:

@@ -47,7 +47,7 @@ def _resize(array: np.ndarray, width: int, height: int, nearest: bool) -> np.nda
 
 def fit_sample(sample: Sample, size: int, mode: str = "resize") -> tuple[Sample, Geometry]:
     """Bring a sample to size x size: ``resize`` stretches, ``pad`` keeps the aspect ratio and pads
-    bottom/right (image 0, mask ignore). Boxes are scaled with the image."""
+    bottom/right (image 0, mask ignore). Boxes and clicks are scaled with the image."""
     if mode not in FIT_MODES:
         raise ConfigError(f"fit must be one of {FIT_MODES}, not '{mode}'")
     h, w = sample.size
@@ -63,7 +63,8 @@ def fit_sample(sample: Sample, size: int, mode: str = "resize") -> tuple[Sample,
         if mask is not None:
             mask = np.pad(mask, ((0, size - ch), (0, size - cw)), constant_values=IGNORE_INDEX)
     boxes = sample.boxes * np.array([cw / w, ch / h, cw / w, ch / h], np.float32)
-    fitted = Sample(image=image, mask=mask, labels=list(sample.labels), boxes=boxes, name=sample.name)
+    points = sample.points * np.array([cw / w, ch / h, 1], np.float32)
+    fitted = Sample(image=image, mask=mask, labels=list(sample.labels), boxes=boxes, name=sample.name, points=points)
     return fitted, Geometry(h, w, ch, cw)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from weakseg.budget import point_masks
+from weakseg.budget import click_masks, point_masks
 from weakseg.config import RunConfig
 from weakseg.data.prepared import PreparedSplit
 from weakseg.data.sample import IGNORE_INDEX
@@ -82,10 +82,14 @@ def masks_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
 @register_source("points", labels="points")
 def points_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
     """Point labels: ``budget.clicks`` per object, or ``budget.density`` % of each image's labelled pixels (seeded
-    per image name)."""
-    if ctx.selection.budget.density is None and ctx.selection.budget.clicks is None:
+    per image name); from files (``budget.source: files``), the clicks the files hold."""
+    budget = ctx.selection.budget
+    if budget.from_files:
+        labels = click_masks(split)
+    elif budget.density is None and budget.clicks is None:
         raise ConfigError("source 'points' needs budget.density (% of pixels labelled) or budget.clicks")
-    labels = point_masks(_ground_truth(split, "points"), split.names, ctx.selection.budget)
+    else:
+        labels = point_masks(_ground_truth(split, "points"), split.names, budget)
     _record_per_image(ctx, use, "points", split, labels)
     return Target("points", labels)
 
