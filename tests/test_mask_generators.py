@@ -319,3 +319,28 @@ def test_cache_folder_follows_the_options_and_the_code_version(tmp_path, monkeyp
     assert newer.folder != rect.folder  # masks from older pre- or post-processing are not served
     newer([image], [box], ["a"])
     assert (newer.hits, newer.misses) == (0, 1)
+
+
+def test_grabcut_generator_follows_the_object_inside_its_box():
+    """Box-initialised GrabCut ("Simple Does It") on an ellipse over noise: much closer to the object than the
+    filled box, never outside the box, the same masks on every call, at full and at reduced working size."""
+    from tests.conftest import draw_object
+    from weakseg.sources.sam import build_mask_generator
+
+    image, truth = draw_object(3, 120, 160)
+    x, y, w, h = cv2.boundingRect(truth)
+    boxes = np.array([[x - 3, y - 3, x + w + 3, y + h + 3]], np.float32)
+
+    def iou(mask: np.ndarray) -> float:
+        return float((mask & truth).sum() / (mask | truth).sum())
+
+    filled = build_mask_generator("box")([image], [boxes])[0]
+    for max_side in (320, 64):
+        generator = build_mask_generator("grabcut", max_side=max_side)
+        mask = generator([image], [boxes])[0]
+        assert mask.shape == truth.shape and mask.dtype == np.uint8
+        assert iou(mask) > 0.9 > iou(filled)
+        assert not (mask & (1 - filled)).any()
+        np.testing.assert_array_equal(generator([image], [boxes])[0], mask)
+    tiny = np.array([[5, 5, 6, 6]], np.float32)  # too small for colour models: the filled box
+    np.testing.assert_array_equal(generator([image], [tiny])[0], build_mask_generator("box")([image], [tiny])[0])

@@ -154,10 +154,14 @@ def test_refinement_steps():
 def test_mask_generators():
     from weakseg.sources.sam import GENERATORS, BoxMaskGenerator, build_mask_generator, list_mask_generators
 
-    assert list_mask_generators() == GENERATORS.names() == ["box", "litemedsam", "sam_vit_b", "sam_vit_h", "sam_vit_l"]
+    assert (
+        list_mask_generators()
+        == GENERATORS.names()
+        == [*("box", "grabcut", "litemedsam", "sam_vit_b", "sam_vit_h", "sam_vit_l")]
+    )
     assert list_mask_generators("sam_*") == ["sam_vit_b", "sam_vit_h", "sam_vit_l"]
     assert isinstance(build_mask_generator("box", shrink=0.1), BoxMaskGenerator)
-    with pytest.raises(ConfigError, match="unknown mask generator 'sam_vit_x'; known: box, litemedsam"):
+    with pytest.raises(ConfigError, match="unknown mask generator 'sam_vit_x'; known: box, grabcut, litemedsam"):
         build_mask_generator("sam_vit_x")
 
 
