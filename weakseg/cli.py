@@ -260,6 +260,47 @@ def pseudo_label_cmd(
     )
 
 
+@app.command("label")
+def label_cmd(
+    data: Annotated[Path, typer.Argument(help="Folder dataset: images/ and any of masks/, boxes, clicks, tags.")],
+    out: Annotated[Path, typer.Option(help="Output folder (masks/, review.csv, label.json, boxes/, model/).")],
+    generator: Annotated[
+        str, typer.Option(help="Box-prompted mask generator, or 'none' (GrabCut only).")
+    ] = "litemedsam",
+    grabcut: Annotated[
+        bool, typer.Option(help="Also segment each box with GrabCut; disagreements are unknown.")
+    ] = True,
+    segmenter: Annotated[
+        bool | None, typer.Option(help="Train a segmenter on all labels (default: when 8 images have labels).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Segmenter input size.")] = 256,
+    epochs: Annotated[int, typer.Option(help="Segmenter epochs.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the segmenter.")] = 0,
+    export: Annotated[str | None, typer.Option(help="Also export the masks: coco, yolo, labelstudio or cvat.")] = None,
+    on_error: OnError = "raise",
+) -> None:
+    """A mask for every image from what each image has: its mask, masks from its boxes (generator + GrabCut),
+    its clicks; a segmenter trained on all of it predicts the rest. Writes a review.csv ranked worst first.
+    Resumable: re-running the same command continues where it stopped."""
+    from weakseg.label import LabelSettings, label_folder
+
+    settings = LabelSettings(
+        generator=generator, grabcut=grabcut, segmenter=segmenter, size=size, epochs=epochs, seed=seed
+    )
+    report = label_folder(data, out, settings, on_error=_on_error(on_error))
+    console.print(
+        f"{report.images} images: {report.with_mask} with a mask, {report.with_boxes} with boxes, "
+        f"{report.with_clicks} with clicks; {report.predicted} predicted by the segmenter"
+    )
+    if report.unlabelled:
+        console.print(f"{len(report.unlabelled)} image(s) got no mask (no labels and no segmenter)")
+    console.print(f"masks: {out / 'masks'}; check first: {out / 'review.csv'}")
+    if export:
+        from weakseg.export import export_labels
+
+        console.print(f"exported: {export_labels(out, export, images=data / 'images')}")
+
+
 @app.command("export-labels")
 def export_labels_cmd(
     directory: Annotated[Path, typer.Argument(help="Folder with masks/<name>.png (as pseudo-label writes it).")],

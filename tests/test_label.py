@@ -1,0 +1,91 @@
+"""``weakseg label``: a mask for every image of a folder from what each image has, a review ranking, resumable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from weakseg.cli import app
+from weakseg.errors import ConfigError
+from weakseg.io import read_label_image
+from weakseg.label import LabelSettings, label_folder, read_review
+from weakseg.sources.boxes import box_mask
+
+MASKED = [0, 1, 2]
+
+
+@pytest.fixture
+def folder(make_folder_dataset):
+    """12 ellipse images with boxes and tags; masks for images 0-2 only; two clicks on image 3."""
+    truth = make_folder_dataset(n=12)
+    for i, name in enumerate(truth.names):
+        if i not in MASKED:
+            (truth.root / "masks" / f"{name}.png").unlink()
+    ys, xs = np.nonzero(truth.masks[truth.names[3]])
+    (truth.root / "clicks.csv").write_text(f"name,x,y,label\n{truth.names[3]},{xs[0]},{ys[0]},positive\n")
+    return truth
+
+
+def fast(**changes) -> LabelSettings:
+    return LabelSettings(
+        **({"generator": "box", "size": 32, "epochs": 2, "batch_size": 4, "weights": "none"} | changes)
+    )
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.astype(bool) & b.astype(bool)).sum() / (a.astype(bool) | b.astype(bool)).sum())
+
+
+def test_without_a_segmenter_boxes_become_their_generator_masks(folder, tmp_path):
+    report = label_folder(folder.root, tmp_path / "out", fast(segmenter=False, generator="none"), progress=False)
+    assert report.images == 12 and report.with_mask == 3 and report.with_boxes == 9 and report.predicted == 0
+    for i, name in enumerate(folder.names):
+        mask = read_label_image(tmp_path / "out" / "masks" / f"{name}.png")
+        if i in MASKED:
+            np.testing.assert_array_equal(mask, folder.masks[name])  # a mask file is kept as it is
+        else:  # GrabCut from the ellipse's box: close to the ellipse, inside the box
+            assert iou(mask, folder.masks[name]) > 0.8
+            assert not (mask & (1 - box_mask(mask.shape, folder.boxes[name]))).any()
+    rows = read_review(tmp_path / "out" / "review.csv")
+    assert sorted(r["name"] for r in rows) == folder.names
+    # one mask per box and no segmenter: nothing to compare, unscored and listed first; mask files score 1, last
+    assert [r["score"] for r in rows[:9]] == [""] * 9
+    assert {r["name"] for r in rows[-3:]} == {folder.names[i] for i in MASKED} and {r["score"] for r in rows[-3:]} == {
+        "1.0000"
+    }
+
+
+def test_a_segmenter_labels_every_image_and_a_rerun_resumes(folder, tmp_path):
+    out = tmp_path / "out"
+    report = label_folder(folder.root, out, fast(), progress=False)
+    assert report.predicted == 9 and not report.unlabelled
+    first = {n: (out / "masks" / f"{n}.png").read_bytes() for n in folder.names}
+    for name in folder.names[3:]:
+        assert (out / "boxes" / "box" / f"{name}.png").is_file() and (
+            out / "boxes" / "grabcut" / f"{name}.png"
+        ).is_file()
+        mask = read_label_image(out / "masks" / f"{name}.png")
+        assert mask.shape == folder.sizes[name] and set(np.unique(mask)) <= {0, 1}
+    rows = read_review(out / "review.csv")
+    assert [float(r["score"]) for r in rows] == sorted(float(r["score"]) for r in rows)
+    assert rows[0]["sources"] in ("box+grabcut", "box+grabcut+clicks")
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "boxes").rglob("*.png")}
+    label_folder(folder.root, out, fast(), progress=False)  # same settings: nothing recomputed, same masks
+    assert {p: p.stat().st_mtime_ns for p in (out / "boxes").rglob("*.png")} == stamps
+    assert {n: (out / "masks" / f"{n}.png").read_bytes() for n in folder.names} == first
+    with pytest.raises(ConfigError, match="other settings"):
+        label_folder(folder.root, out, fast(epochs=3), progress=False)
+
+
+def test_label_command(folder, tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            *("label", str(folder.root), "--out", str(tmp_path / "cli"), "--generator", "none"),
+            *("--no-segmenter", "--export", "coco"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 with a mask, 9 with boxes" in result.output
+    assert (tmp_path / "cli" / "export" / "coco" / "annotations.json").is_file()

@@ -1,0 +1,292 @@
+"""``weakseg label DATA --out DIR``: a mask for every image of a folder, from whatever labels each image has.
+
+Per image, from its own labels:
+
+- a mask file (or a shape drawn in an annotation tool): kept as it is;
+- boxes: the box-prompted generator's mask (LiteMedSAM offline, SAM checkpoints online) and box-initialised
+  GrabCut ("Simple Does It"); where both agree the pixel is labelled, where they disagree it is left unknown
+  (``IGNORE_INDEX``) for the segmenter to resolve;
+- clicks: the clicked pixels, learned from by the segmenter (no offline generator takes point prompts).
+
+Then (``segmenter``; by default when at least ``min_images`` images have labels) one U-Net is trained on all of
+it, ignoring unknown pixels, and predicts the mask of every image that has no mask file. Every image gets a review
+score in [0, 1], low = look at it first: the mean agreement (IoU) between its box masks and the segmenter's
+prediction, or, for an image without boxes, the segmenter's mean confidence; an image with nothing to compare
+(one box mask, no segmenter) is unscored and listed first, a mask file scores 1. ``DIR`` holds ``masks/<name>.png``
+(class indices), ``review.csv`` (worst first), ``label.json`` (settings and counts), the box masks under
+``boxes/`` and the segmenter under ``model/``. An interrupted run resumes: box masks are cached per image and
+training continues from its last epoch; ``label.json`` refuses a folder made with other settings.
+Image tags are not used yet.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from weakseg.budget import click_masks
+from weakseg.config import TrainConfig
+from weakseg.data.folder import FolderDataset
+from weakseg.data.prepared import PreparedSplit, prepare
+from weakseg.data.sample import IGNORE_INDEX, Sample
+from weakseg.data.transforms import fit_sample
+from weakseg.errors import ConfigError
+from weakseg.evaluate import predict_probabilities
+from weakseg.identity import CODE_VERSIONS, digest
+from weakseg.io import read_label_image, write_json, write_png, write_text
+from weakseg.models import build_model
+from weakseg.pipeline import holdout
+from weakseg.runtime import pick_device, seed_everything
+from weakseg.sources.sam import build_mask_generator
+from weakseg.train import fit
+
+
+@dataclass
+class LabelSettings:
+    """What ``weakseg label`` does; every field is part of the output folder's identity."""
+
+    generator: str = "litemedsam"
+    """Box-prompted mask generator (``weakseg list generators``), or ``none`` for GrabCut alone."""
+    generator_options: dict[str, Any] = field(default_factory=dict)
+    grabcut: bool = True
+    """Also segment each box with GrabCut; pixels where the two masks disagree are left to the segmenter."""
+    segmenter: bool | None = None
+    """Train a segmenter on all labels and predict unlabelled images (None: when ``min_images`` have labels)."""
+    min_images: int = 8
+    size: int = 256
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    arch: str = "unet"
+    encoder: str = "tf_efficientnet_lite0"
+    weights: str = "imagenet"
+    val_fraction: float = 0.1
+    seed: int = 0
+    mask_mode: str = "binary"
+    mask_classes: list[str] | None = None
+
+
+@dataclass
+class LabelReport:
+    out_dir: Path
+    images: int
+    with_mask: int
+    with_boxes: int
+    with_clicks: int
+    predicted: int
+    unlabelled: list[str]
+    """Images that got no mask: no labels of their own and no segmenter."""
+
+
+def claim(out_dir: Path, ident: dict[str, Any]) -> None:
+    """``out_dir`` holds the outputs of ``ident`` only; a folder made with other settings is refused."""
+    record = out_dir / "label.json"
+    if record.is_file():
+        old = json.loads(record.read_text()).get("ident")
+        if old != ident:
+            changed = sorted(k for k in ident if (old or {}).get(k) != ident[k])
+            raise ConfigError(
+                f"'{out_dir}' holds labels made with other settings ({', '.join(changed)}): use another --out"
+            )
+    write_json(record, {"ident": ident})
+
+
+def fuse(first: np.ndarray, second: np.ndarray | None) -> np.ndarray:
+    """Two 0/1 masks → labels where they agree, ``IGNORE_INDEX`` where they do not (one mask: itself)."""
+    if second is None:
+        return first.astype(np.uint8)
+    return np.where(first == second, first, IGNORE_INDEX).astype(np.uint8)
+
+
+def iou(a: np.ndarray, b: np.ndarray, known: np.ndarray | None = None) -> float:
+    """IoU of two 0/1 masks over ``known`` pixels (both empty: 1)."""
+    a, b = a.astype(bool), b.astype(bool)
+    if known is not None:
+        a, b = a & known, b & known
+    union = int((a | b).sum())
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def box_masks_for(ds: FolderDataset, settings: LabelSettings, out_dir: Path, progress: bool) -> dict[str, list[str]]:
+    """Write ``boxes/<generator>/<name>.png`` (and ``boxes/grabcut/``) for every image with boxes and no mask,
+    skipping masks already written (a resumed run); returns {name: [the generators' names]}."""
+    makers = []
+    if settings.generator != "none":
+        makers.append((settings.generator, build_mask_generator(settings.generator, **settings.generator_options)))
+    if settings.grabcut:
+        makers.append(("grabcut", build_mask_generator("grabcut")))
+    if not makers:
+        raise ConfigError("boxes need a generator or GrabCut (generator 'none' with grabcut off labels nothing)")
+    done: dict[str, list[str]] = {}
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("masks from boxes", total=len(ds))
+        for name in ds.names:
+            bar.advance(task)
+            paths = [out_dir / "boxes" / maker_name / f"{name}.png" for maker_name, _ in makers]
+            if all(p.is_file() for p in paths):
+                done[name] = [m for m, _ in makers]
+                continue
+            sample = ds.try_load(name)
+            if sample is None or sample.mask is not None or not len(sample.boxes):
+                continue
+            for (_, maker), path in zip(makers, paths, strict=True):
+                write_png(path, maker([sample.image], [sample.boxes])[0])
+            done[name] = [m for m, _ in makers]
+    return done
+
+
+def read_box_masks(out_dir: Path, name: str, generators: list[str]) -> list[np.ndarray]:
+    return [read_label_image(out_dir / "boxes" / g / f"{name}.png") for g in generators]
+
+
+def training_masks(split: PreparedSplit, ds: FolderDataset, out_dir: Path, boxed: dict[str, list[str]]) -> torch.Tensor:
+    """(N, S, S) labels at model size: mask files as they are, fused box masks, then clicks on unknown pixels."""
+    masks = split.masks.clone() if split.masks is not None else torch.full_like(split.images[:, 0], IGNORE_INDEX)
+    for i, name in enumerate(split.names):
+        if split.labelled[i] or name not in boxed:
+            continue
+        made = read_box_masks(out_dir, name, boxed[name])
+        fused = fuse(made[0], made[1] if len(made) > 1 else None)
+        image = np.zeros((*fused.shape, 3), np.uint8)
+        fitted, _ = fit_sample(Sample(image=image, mask=fused, name=name), split.size, "resize")
+        masks[i] = torch.from_numpy(fitted.mask)
+    clicks = click_masks(split)
+    return torch.where((masks == IGNORE_INDEX) & (clicks != IGNORE_INDEX), clicks, masks)
+
+
+def label_folder(
+    root: str | Path,
+    out_dir: str | Path,
+    settings: LabelSettings | None = None,
+    progress: bool = True,
+    on_error: str = "raise",
+) -> LabelReport:
+    """Label every image of the folder dataset at ``root`` (see the module docstring)."""
+    settings = settings or LabelSettings()
+    out_dir = Path(out_dir)
+    extra = {"mask_classes": settings.mask_classes} if settings.mask_classes else {}
+    ds = FolderDataset(root, split="all", mask_mode=settings.mask_mode, **extra)
+    ds.on_error = on_error
+    ident = {"settings": asdict(settings), "files": ds.fingerprint(), "code": CODE_VERSIONS}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    claim(out_dir, ident)
+    boxed = box_masks_for(ds, settings, out_dir, progress)
+    split = prepare(ds, settings.size, keep_native=False, use_cache=False, progress=progress)
+    labels = training_masks(split, ds, out_dir, boxed)
+    has_labels = (labels != IGNORE_INDEX).flatten(1).any(1)
+    use_segmenter = (
+        settings.segmenter if settings.segmenter is not None else int(has_labels.sum()) >= settings.min_images
+    )
+    classes = len(ds.mask_classes)
+
+    probs: torch.Tensor | None = None
+    if use_segmenter:
+        if not bool(has_labels.any()):
+            raise ConfigError(f"'{root}': no image has a mask, boxes or clicks to learn from")
+        labelled = split.subset([i for i in range(len(split)) if has_labels[i]]).with_masks(labels[has_labels])
+        train, val = (
+            holdout(labelled, settings.val_fraction, settings.seed) if len(labelled) >= 10 else (labelled, None)
+        )
+        seed_everything(settings.seed)
+        model = build_model(settings.arch, settings.encoder, classes, settings.weights)
+        config = TrainConfig(
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            loss="ce+dice",
+            augment=["hflip"],
+            tta=["hflip"],
+            progress=progress,
+        )
+        device = pick_device(config.device)
+        meta = {"size": settings.size, "fit": "resize", "mask_classes": ds.mask_classes}
+        fit(
+            model,
+            train,
+            val,
+            config,
+            out_dir / "model",
+            device,
+            settings.seed,
+            run_key={"label": digest(ident)},
+            meta=meta,
+        )
+        model.eval()
+        with torch.no_grad():
+            probs = torch.cat(
+                [
+                    predict_probabilities(
+                        model, split.images[s : s + 16].to(device).float().div_(255), config.tta, config.amp
+                    ).cpu()
+                    for s in range(0, len(split), 16)
+                ]
+            )
+
+    rows, predicted, unlabelled = [], 0, []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("writing masks", total=len(split))
+        for i, name in enumerate(split.names):
+            bar.advance(task)
+            geometry, sources = split.geometry[i], []
+            native_prob = geometry.to_native(probs[i]) if probs is not None else None
+            prediction = native_prob.argmax(0).numpy().astype(np.uint8) if native_prob is not None else None
+            confidence = float(probs[i].max(0).values.mean()) if probs is not None else float("nan")
+            agreements = []
+            if split.labelled[i]:
+                sample = ds.load(name)
+                mask, sources = sample.mask, ["mask"]
+            elif name in boxed:
+                made = read_box_masks(out_dir, name, boxed[name])
+                sources = list(boxed[name])
+                if len(made) > 1:
+                    agreements.append(iou(made[0], made[1]))
+                if prediction is not None:
+                    agreements += [iou(prediction > 0, m) for m in made]
+                    mask = prediction
+                    predicted += 1
+                else:  # no segmenter to resolve disagreements: the generator's mask (GrabCut's without one)
+                    mask = made[0]
+            elif prediction is not None:
+                mask, predicted = prediction, predicted + 1
+                sources = ["clicks"] if len(split.points[i]) else []
+            else:
+                unlabelled.append(name)
+                continue
+            if len(split.points[i]) and "clicks" not in sources:
+                sources.append("clicks")
+            write_png(out_dir / "masks" / f"{name}.png", mask.astype(np.uint8))
+            score = float(np.mean(agreements)) if agreements else (1.0 if split.labelled[i] else confidence)
+            rows.append({"name": name, "score": score, "confidence": confidence, "sources": "+".join(sources)})
+    rows.sort(key=lambda r: (-1.0 if np.isnan(r["score"]) else r["score"], r["name"]))  # unscored first
+
+    def text(value: float) -> str:
+        return "" if np.isnan(value) else f"{value:.4f}"
+
+    lines = ["name,score,confidence,sources"]
+    lines += [f"{r['name']},{text(r['score'])},{text(r['confidence'])},{r['sources']}" for r in rows]
+    write_text(out_dir / "review.csv", "\n".join(lines) + "\n")
+    report = LabelReport(
+        out_dir=out_dir,
+        images=len(split),
+        with_mask=int(sum(split.labelled)),
+        with_boxes=len(boxed),
+        with_clicks=sum(1 for p in split.points if len(p)),
+        predicted=predicted,
+        unlabelled=unlabelled,
+    )
+    summary = {k: v for k, v in asdict(report).items() if k != "out_dir"}
+    write_json(out_dir / "label.json", {"ident": ident, "report": summary, "segmenter": use_segmenter})
+    return report
+
+
+def read_review(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``review.csv``, worst first."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
