@@ -11,7 +11,7 @@ from pydantic import ValidationError
 import weakseg.train as train_module
 from tests.synthetic import blob_split
 from weakseg.config import TrainConfig
-from weakseg.errors import ConfigError
+from weakseg.errors import ConfigError, TrainingDivergedError
 from weakseg.evaluate import evaluate_model
 from weakseg.models import build_model, load_model
 from weakseg.runtime import seed_everything
@@ -165,3 +165,26 @@ def test_early_stop_needs_validation(tmp_path):
         assert "\n" not in str(err.value)
     with pytest.raises(ValidationError):
         small_config(early_stop=0)
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """From the second epoch on the model's logits turn NaN: fit stops with a clear error at the first such
+    batch, never steps the optimiser with it, and last.pt / best.pt hold epoch 1's finite weights."""
+    train, val = blob_split(16, seed=0), blob_split(8, seed=1)
+    model = build_model("unet", classes=2, weights="none")
+    calls = {"n": 0}
+    original = train_module.head_logits
+
+    def poisoned(model, images, names):
+        calls["n"] += 1
+        logits = original(model, images, names)
+        return {k: v * float("nan") for k, v in logits.items()} if calls["n"] > 2 else logits
+
+    monkeypatch.setattr(train_module, "head_logits", poisoned)
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan in epoch 2/3, batch 1"):
+        fit(model, train, val, small_config(), tmp_path, CPU, seed=0)  # 2 batches of 8 per epoch
+    weights = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert weights["epoch"] == 0 and read_log(tmp_path / "log.csv")[-1]["epoch"] == "1"
+    for state in (weights["model"], torch.load(tmp_path / "best.pt", weights_only=False)["model"]):
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN batch never reached the weights

@@ -32,3 +32,7 @@ class ConfigError(WeaksegError):
 
 class WeightsUnavailableError(WeaksegError):
     """Pretrained weights cannot be loaded (usually: offline and not bundled)."""
+
+
+class TrainingDivergedError(WeaksegError):
+    """The training loss became NaN or infinite; the weights were not updated with it."""

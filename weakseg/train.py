@@ -31,7 +31,7 @@ from weakseg import identity
 from weakseg.classify import classification_loss, tag_targets
 from weakseg.config import TrainConfig
 from weakseg.data.prepared import PreparedSplit, draw, iterate_batches
-from weakseg.errors import ConfigError
+from weakseg.errors import ConfigError, TrainingDivergedError
 from weakseg.io import atomic_path
 from weakseg.losses import SoftCrossEntropy, build_loss
 from weakseg.metrics import ConfusionMatrix
@@ -251,12 +251,19 @@ def train_one_epoch(
                 target = masks[:, k].float().div(255) if sup.targets[k].soft else masks[:, k]
                 term = sup.losses[k](logits[sup.names[k]][rows].float(), target[rows])
                 loss = loss + sup.targets[k].weight * term
+        value = loss.item()
+        if not math.isfinite(value):  # stop before the step: the checkpoints hold the last good weights
+            raise TrainingDivergedError(
+                f"the training loss became {value} in {description}, batch {seen // config.batch_size + 1}: stopped "
+                "without updating the weights; best.pt and last.pt keep the last good epoch (try a lower train.lr, "
+                "or check the labels)"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         seen += len(index)
-        total_loss += loss.item() * len(index)
+        total_loss += value * len(index)
         bar.update(task, advance=1, info=f"loss {total_loss / seen:.4f}")
     bar.remove_task(task)
     return total_loss / max(seen, 1), seen, time.perf_counter() - started
