@@ -411,6 +411,34 @@ def experiment_plot(
     console.print(f"plot: {plot_results(results, x, y, series, out, stage)}")
 
 
+@app.command("compare")
+def compare_cmd(
+    results: Annotated[list[Path], typer.Argument(help="results.json files, or run folders holding one.")],
+    metric: Annotated[str, typer.Option(help="Metric on the y axis.")] = "dice",
+    stage: Annotated[str, typer.Option(help="Stage of the rows compared (final or pseudo).")] = "final",
+    out: Annotated[Path, typer.Option(help="Folder for compare.png, compare.md and compare.json.")] = Path("compare"),
+    cost: Annotated[
+        list[str] | None,
+        typer.Option("--cost", help="Seconds per label, KIND=SECONDS (tag, point, box, polygon, mask, sam_mask)."),
+    ] = None,
+    costs: Annotated[Path | None, typer.Option("--costs", help="YAML/JSON file {kind: seconds}.")] = None,
+) -> None:
+    """Quality against annotation cost across experiments, each row priced by the labels it consumed
+    (docs/cost.md), with the Pareto front marked."""
+    from weakseg.compare import compare, hours_text
+    from weakseg.cost import cost_model
+
+    comparison = compare(results, out, metric, stage, cost_model(costs, cost))
+    for line in comparison.skipped:
+        console.print(f"left out: {line}", highlight=False)
+    console.print(f"{len(comparison.rows)} rows; Pareto front, cheapest first:", highlight=False)
+    for row in comparison.front:
+        console.print(
+            f"  #{row.number} {row.experiment}: {hours_text(row.hours)} h, {metric} {row.mean:.3f}", highlight=False
+        )
+    console.print(f"written: {out / 'compare.png'}, {out / 'compare.md'}, {out / 'compare.json'}")
+
+
 @bench_app.command("train")
 def bench_train_cmd(
     data_root: DataRoot = Path("../shared/data"),

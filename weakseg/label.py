@@ -68,6 +68,8 @@ class LabelSettings:
     encoder: str = "tf_efficientnet_lite0"
     weights: str = "imagenet"
     val_fraction: float = 0.1
+    cpu_amp: bool = True
+    """bfloat16 training on CPU (about 2x faster at 256 px with AVX-512 BF16)."""
     seed: int = 0
     mask_mode: str = "binary"
     mask_classes: list[str] | None = None
@@ -179,6 +181,8 @@ def label_folder(
     claim(out_dir, ident)
     boxed = box_masks_for(ds, settings, out_dir, progress)
     split = prepare(ds, settings.size, keep_native=False, use_cache=False, progress=progress)
+    if split.skipped:  # on_error='skip': the images left out, with their reasons
+        write_json(out_dir / "skipped.json", split.skipped)
     labels = training_masks(split, ds, out_dir, boxed)
     has_labels = (labels != IGNORE_INDEX).flatten(1).any(1)
     use_segmenter = (
@@ -204,6 +208,7 @@ def label_folder(
             augment=["hflip"],
             tta=["hflip"],
             progress=progress,
+            cpu_amp=settings.cpu_amp,
         )
         device = pick_device(config.device)
         meta = {"size": settings.size, "fit": "resize", "mask_classes": ds.mask_classes}
