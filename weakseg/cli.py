@@ -422,13 +422,16 @@ def compare_cmd(
         typer.Option("--cost", help="Seconds per label, KIND=SECONDS (tag, point, box, polygon, mask, sam_mask)."),
     ] = None,
     costs: Annotated[Path | None, typer.Option("--costs", help="YAML/JSON file {kind: seconds}.")] = None,
+    front_by: Annotated[
+        str, typer.Option(help="'all': one Pareto front over every row; 'experiment': one per experiment.")
+    ] = "all",
 ) -> None:
     """Quality against annotation cost across experiments, each row priced by the labels it consumed
     (docs/cost.md), with the Pareto front marked."""
     from weakseg.compare import compare, hours_text
     from weakseg.cost import cost_model
 
-    comparison = compare(results, out, metric, stage, cost_model(costs, cost))
+    comparison = compare(results, out, metric, stage, cost_model(costs, cost), front_by)
     for line in comparison.skipped:
         console.print(f"left out: {line}", highlight=False)
     console.print(f"{len(comparison.rows)} rows; Pareto front, cheapest first:", highlight=False)
