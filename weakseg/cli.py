@@ -142,6 +142,13 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output folder for masks and overlays.")] = Path("predictions"),
     overlays: Annotated[bool, typer.Option(help="Also write overlay pictures.")] = True,
     on_error: OnError = "raise",
+    tile: Annotated[
+        int | None,
+        typer.Option(help="Predict at native resolution in overlapping tiles of N pixels (large images).", min=1),
+    ] = None,
+    overlap: Annotated[
+        int, typer.Option(help="Overlap of neighbouring tiles in pixels (with --tile); each keeps its centre.", min=0)
+    ] = 64,
 ) -> None:
     """Predict masks (PNG, class indices at native resolution) and overlay pictures for images."""
     from weakseg.models import checkpoint_meta, load_model
@@ -153,7 +160,8 @@ def predict(
     meta = checkpoint_meta(checkpoint)
     model = load_model(checkpoint).to(pick_device())
     size, fit, policy = meta.get("size", 160), meta.get("fit", "resize"), _on_error(on_error)
-    written = predict_files(model, files, out, size, fit, overlays=overlays, on_error=policy)
+    tiling = {"tile": tile, "overlap": overlap}
+    written = predict_files(model, files, out, size, fit, overlays=overlays, on_error=policy, **tiling)
     console.print(f"wrote {len(written)} masks to {out}")
     if on_error == "skip":
         _report_skipped(json.loads((out / "skipped.json").read_text()), out / "skipped.json")
@@ -409,6 +417,24 @@ def experiment_plot(
     if not results.is_file():
         raise DataFileError(results, "results file not found")
     console.print(f"plot: {plot_results(results, x, y, series, out, stage)}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder: an experiment (runs/<name>), a train or a label run.")],
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="For a train run: the folder dataset roots are relative to (adds image | ground truth | prediction "
+            "grids); for a label run: the labelled folder (adds worst/best pictures)."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file written (default RUN_DIR/report.html).")] = None,
+) -> None:
+    """Write one self-contained HTML page (opens offline) with the summary table, training curves and pictures."""
+    from weakseg.report import write_report
+
+    console.print(f"report: {write_report(run_dir, data_root, out)}", soft_wrap=True)
 
 
 @app.command("compare")

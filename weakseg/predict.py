@@ -14,6 +14,7 @@ from weakseg.errors import DataFileError
 from weakseg.evaluate import predict_probabilities
 from weakseg.io import IMAGE_EXTENSIONS, list_images, read_image, write_json, write_png
 from weakseg.models.segmenter import Segmenter
+from weakseg.tiling import predict_tiled
 from weakseg.visualize import overlay
 
 
@@ -42,11 +43,14 @@ def predict_files(
     tta: list[str] | tuple[str, ...] = (),
     progress: bool = True,
     on_error: str = "raise",
+    tile: int | None = None,
+    overlap: int = 64,
 ) -> list[Path]:
     """Write ``<stem>.png`` (class indices at native resolution) and ``<stem>_overlay.jpg`` per image.
 
     An unreadable image stops with one line naming it; with ``on_error='skip'`` it is left out and listed with its
-    reason in ``out_dir/skipped.json``."""
+    reason in ``out_dir/skipped.json``. With ``tile`` the image is not resized: it is predicted at its native
+    resolution in overlapping ``tile x tile`` windows (:func:`weakseg.tiling.predict_tiled`), memory bounded."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not '{on_error}'")
     out_dir = Path(out_dir)
@@ -64,10 +68,14 @@ def predict_files(
                 skipped.append({"name": path.stem, "file": str(err.path), "reason": err.problem})
                 bar.advance(task)
                 continue
-            fitted, geometry = fit_sample(Sample(image=image, mask=None, name=path.stem), size, fit)
-            x = torch.from_numpy(fitted.image).permute(2, 0, 1)[None].to(device).float() / 255
-            probs = predict_probabilities(model, x, tta)[0]
-            mask = geometry.to_native(probs).argmax(0).cpu().numpy().astype(np.uint8)
+            if tile:
+                probs = predict_tiled(model, image, tile, overlap, device=device, tta=tta)
+                mask = probs.argmax(0).astype(np.uint8)
+            else:
+                fitted, geometry = fit_sample(Sample(image=image, mask=None, name=path.stem), size, fit)
+                x = torch.from_numpy(fitted.image).permute(2, 0, 1)[None].to(device).float() / 255
+                probs = predict_probabilities(model, x, tta)[0]
+                mask = geometry.to_native(probs).argmax(0).cpu().numpy().astype(np.uint8)
             write_png(out_dir / f"{path.stem}.png", mask)
             if overlays:
                 write_png(out_dir / f"{path.stem}_overlay.png", overlay(image, mask))
