@@ -29,7 +29,7 @@ from weakseg.budget import choose_subset
 from weakseg.data import build_dataset
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.io import write_png
-from weakseg.label import read_review
+from weakseg.labelling import read_review
 from weakseg.sources.boxes import boxes_from_mask
 
 

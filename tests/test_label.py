@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from weakseg.cli import app
 from weakseg.errors import ConfigError
 from weakseg.io import read_label_image
-from weakseg.label import LabelSettings, label_folder, read_review
+from weakseg.labelling import LabelSettings, label_folder, read_review
 from weakseg.sources.boxes import box_mask
 
 MASKED = [0, 1, 2]

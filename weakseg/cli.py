@@ -290,7 +290,7 @@ def label_cmd(
     """A mask for every image from what each image has: its mask, masks from its boxes (generator + GrabCut),
     its clicks; a segmenter trained on all of it predicts the rest. Writes a review.csv ranked worst first.
     Resumable: re-running the same command continues where it stopped."""
-    from weakseg.label import LabelSettings, label_folder
+    from weakseg.labelling import LabelSettings, label_folder
 
     settings = LabelSettings(
         generator=generator, grabcut=grabcut, segmenter=segmenter, size=size, epochs=epochs, seed=seed

@@ -288,7 +288,7 @@ def _find_image(images_dir: Path, name: str) -> Path | None:
 
 
 def _label_body(run_dir: Path, data_root: Path | None, count: int = GRID_COUNT) -> tuple[str, str]:
-    from weakseg.label import read_review
+    from weakseg.labelling import read_review
 
     review = read_review(run_dir / "review.csv")
     body = ["<h2>Review</h2>", '<p class="caption">worst first (unscored first)</p>']
