@@ -303,6 +303,7 @@ def label_cmd(
     if report.unlabelled:
         console.print(f"{len(report.unlabelled)} image(s) got no mask (no labels and no segmenter)")
     console.print(f"masks: {out / 'masks'}; check first: {out / 'review.csv'}")
+    _write_report(out, data)
     if export:
         from weakseg.export import export_labels
 
@@ -400,6 +401,17 @@ def experiment_run(
     rows = run_experiment(spec_obj, data_root, out, only, publish_dir if publish else None, records_dir=records)
     console.print((out / "results.md").read_text())
     console.print(f"{len(rows)} rows in {out / 'results.json'}")
+    _write_report(out)
+
+
+def _write_report(run_dir: Path, data_root: Path | None = None) -> None:
+    """The run's HTML report; a failure is printed, never fails the command that produced the run."""
+    from weakseg.report import write_report
+
+    try:
+        console.print(f"report: {write_report(run_dir, data_root)}", soft_wrap=True)
+    except Exception as err:  # the run itself succeeded
+        console.print(f"[yellow]no report ({type(err).__name__}: {err})[/yellow]")
 
 
 @experiment_app.command("plot")
