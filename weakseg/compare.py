@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt
 
 from weakseg.cost import DEFAULT_COSTS, SECONDS_PER_HOUR, CostModel, cost_breakdown
 from weakseg.errors import ConfigError, DataFileError
-from weakseg.io import atomic_path, write_json, write_text
+from weakseg.experiments.plot import save_figure
+from weakseg.io import write_json, write_text
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 FRONT_BY = ("all", "experiment")
@@ -260,12 +261,7 @@ def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
     axes.set_title("quality against annotation cost")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format=out.suffix.lstrip(".") or "png")
-    plt.close(figure)
-    return out
+    return save_figure(figure, out)
 
 
 def markdown(comparison: Comparison) -> str:

@@ -59,6 +59,11 @@ def plot_results(
     axes.set_title(data.get("experiment", ""))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
+    return save_figure(figure, out)
+
+
+def save_figure(figure: plt.Figure, out: str | Path) -> Path:
+    """Lay out, write atomically (the format from the suffix, PNG by default) and close a matplotlib figure."""
     figure.tight_layout()
     out = Path(out)
     with atomic_path(out) as tmp:
