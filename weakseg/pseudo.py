@@ -159,7 +159,8 @@ def pseudo_label_dataset(
                 write_png(mask_dir / f"{sample.name}.png", mask * 255)  # last: its presence marks the image done
             written += len(samples)
             bar.advance(task, len(samples))
-    unreadable = dataset.skipped[already_unreadable:]
+    order = {name: i for i, name in enumerate(dataset.names)}  # readers finish in any order
+    unreadable = sorted(dataset.skipped[already_unreadable:], key=lambda item: order.get(item["name"], len(order)))
     if dataset.on_error == "skip":
         write_json(out_dir / "skipped.json", unreadable)
     return PseudoLabelReport(written, skipped, out_dir, unreadable)
