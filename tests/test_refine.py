@@ -371,3 +371,69 @@ def test_bench_refine_reports(scene):
     result = bench_refine("otsu | lcc", [image] * 3, [soft] * 3, workers=1)
     assert result["pipeline"] == "otsu | lcc" and result["images"] == 3 and result["identical"] is True
     assert result["serial_img_s"] > 0 and result["speedup"] > 0
+
+
+# ---------------------------------------------------------------- several classes
+
+
+def two_object_scene(seed: int = 3, h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RGB image, (2, H, W) coarse CAM-like maps, true labels 0/1/2): two ellipses of different colours on a
+    textured background; each map is its object pooled to 6×8, upsampled, plus noise, min-max normalised."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = np.stack([80 + 60 * xx / w, 120 + 30 * yy / h, 140 - 40 * xx / w], axis=-1) + rng.normal(0, 12, (h, w, 3))
+    truth = np.zeros((h, w), np.uint8)
+    maps = []
+    for k, (cy, cx, colour) in enumerate([(0.45, 0.27, (170, 90, 70)), (0.55, 0.73, (60, 70, 170))], start=1):
+        obj = ((yy - cy * h) / (0.25 * h)) ** 2 + ((xx - cx * w) / (0.17 * w)) ** 2 <= 1.0
+        image = np.where(obj[..., None], np.array(colour, np.float32) + rng.normal(0, 12, (h, w, 3)), image)
+        truth[obj] = k
+        coarse = cv2.resize(cv2.resize(obj.astype(np.float32), (8, 6), interpolation=cv2.INTER_AREA), (w, h))
+        soft = coarse + rng.normal(0, 0.06, (h, w))
+        maps.append((soft - soft.min()) / (soft.max() - soft.min()))
+    return np.clip(image, 0, 255).astype(np.uint8), np.stack(maps).astype(np.float32), truth
+
+
+def test_class_probabilities_match_the_product_formula():
+    from weakseg.refine import class_probabilities, crf_foreground_prob
+
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0, 1, (2, 5, 7)).astype(np.float32)
+    out = class_probabilities(maps, 0.4, confidence=2.0)
+    p1, p2 = (crf_foreground_prob(m, 0.4, 2.0) for m in maps)
+    direct = np.stack([(1 - p1) * (1 - p2), p1 * (1 - p2), (1 - p1) * p2])
+    np.testing.assert_allclose(out, direct / direct.sum(0), rtol=1e-9, atol=1e-12)
+    one = class_probabilities(maps[:1], 0.4)
+    p = crf_foreground_prob(maps[0], 0.4)
+    np.testing.assert_allclose(one, np.stack([1 - p, p]), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["otsu | crf", "smooth:sigma=2 | otsu | crf:iters=3 | lcc", "otsu | close | lcc"])
+def test_label_map_of_one_map_is_the_pipeline(scene, spec):
+    image, soft, _ = scene
+    pipeline = parse_pipeline(spec)
+    np.testing.assert_array_equal(pipeline.label_map(image, soft[None]), pipeline(image, soft))
+
+
+def test_label_map_is_a_multi_label_crf_and_separates_two_classes():
+    from pydensecrf import densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    image, maps, truth = two_object_scene()
+    labels = parse_pipeline("otsu | crf").label_map(image, maps)
+    # oracle: a direct 3-label pydensecrf call on the independent-evidence unary, centred on Otsu's threshold of
+    # the strongest map
+    t = state_after("otsu", image, maps.max(0)).threshold
+    p = np.clip(np.where(maps < t, 0.5 * maps / t, 0.5 + 0.5 * (maps - t) / (1 - t)), 1e-5, 1 - 1e-5)
+    unary = np.stack([(1 - p[0]) * (1 - p[1]), p[0] * (1 - p[1]), (1 - p[0]) * p[1]])
+    h, w = truth.shape
+    d = dcrf.DenseCRF2D(w, h, 3)
+    d.setUnaryEnergy(unary_from_softmax((unary / unary.sum(0)).astype(np.float32)))
+    d.addPairwiseGaussian(sxy=3.0, compat=3.0)
+    d.addPairwiseBilateral(sxy=50.0, srgb=13.0, rgbim=np.ascontiguousarray(image), compat=10.0)
+    expected = np.array(d.inference(5)).reshape(3, h, w).argmax(0)
+    np.testing.assert_array_equal(labels, expected)
+    # and it is better than each class's map thresholded alone, class by class
+    plain = parse_pipeline("otsu").label_map(None, maps)
+    for k in (1, 2):
+        assert iou(labels == k, truth == k) > max(0.8, iou(plain == k, truth == k) + 0.03)

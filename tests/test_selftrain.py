@@ -128,6 +128,24 @@ def test_multiclass_pseudo_labels_give_each_foreground_pixel_its_strongest_tags_
     assert (labels[~foreground] == 0).all()
 
 
+def test_an_image_with_several_tags_gets_a_multi_label_crf(tmp_path):
+    split = _three_classes(tagged_blob_split(3, size=32, seed=1))
+    split.labels = [[0], [1], [1, 0]]
+    maps = torch.zeros(3, 2, 32, 32)
+    maps[:, 0, 2:14, 2:14] = 1.0
+    maps[2, 1, 16:30, 16:30] = 1.0  # the third image's second tag, apart from the first
+    ctx = RunContext(_config(), tmp_path, torch.device("cpu"), split, split, None, split, None, tmp_path)
+    pipeline = parse_pipeline("threshold:0.5 | crf:iters=3,compat_bilateral=0")  # the blobs are elsewhere
+    _, labels = pseudo_labels(ctx, maps, pipeline)
+    image = split.images[2].permute(1, 2, 0).contiguous().numpy()
+    k = pipeline.label_map(image, maps[2].numpy())  # 0, then its tags in order: blue (tag 1), red (tag 0)
+    assert set(np.unique(k).tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(labels[2].numpy(), np.choose(k, [0, 2, 1]))
+    with Refiner(pipeline) as refiner:  # one-tag images: the two-label CRF of their class
+        one = refiner.map([split.images[0].permute(1, 2, 0).contiguous().numpy()], [maps[0].max(0).values.numpy()])
+    np.testing.assert_array_equal(labels[0].numpy(), one[0] * 1)
+
+
 @pytest.mark.slow
 def test_a_three_class_task_runs_from_tags_to_a_three_class_segmenter(tmp_path):
     train, test = (

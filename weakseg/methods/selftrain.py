@@ -11,8 +11,8 @@ model was built with.
 More than one foreground class (``oxford_pet`` with ``dataset.options: {tags: species, masks: tags}``: background
 / cat / dog): each image's tags get a map each, the strongest is refined into the foreground, and each foreground
 pixel takes the class of the tag whose map is highest there. With one tag per image (the pets) that is the
-two-label refinement (CRF included) of that class against the background; images with several tags get the
-per-pixel argmax among their tags after the foreground refinement, not a multi-label CRF.
+two-label refinement (CRF included) of that class against the background; an image with several tags gets a
+(1 + tags)-label dense CRF when the pipeline has a ``crf`` step (:meth:`weakseg.refine.RefinePipeline.label_map`).
 
 Stages, each with the row setting ``round``: ``pseudo`` (the round's pseudo-labels against the whole training
 split's ground truth, a diagnostic that chooses nothing), with ``method.dev`` also ``dev`` (the same on the
@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 
+import numpy as np
 import torch
 
 from weakseg.classify import is_multilabel, train_classifier
@@ -84,8 +85,10 @@ def tag_maps(model: MultiTaskSegmenter, ctx: RunContext, source: str) -> torch.T
 
 def pseudo_labels(ctx: RunContext, maps: torch.Tensor, pipeline: RefinePipeline) -> tuple[torch.Tensor, torch.Tensor]:
     """(soft foreground uint8 (N, S, S), pseudo-labels uint8 (N, S, S)) from per-tag maps: the foreground is the
-    most confident tag's map, refined by the pipeline; in a multi-class task each foreground pixel takes the class
-    of the tag whose map is highest there (1 + the tag index), the rest is background."""
+    most confident tag's map, refined by the pipeline; in a multi-class task each foreground pixel of an image with
+    one tag takes its class (1 + the tag index), and an image with several tags is labelled by
+    :meth:`~weakseg.refine.RefinePipeline.label_map` at the model size (a multi-label dense CRF when the pipeline
+    has a ``crf`` step, else the class of the strongest map on the refined foreground)."""
     split = ctx.train_full
     strength, position = maps.max(1)
     soft = to_uint8(strength)
@@ -95,7 +98,12 @@ def pseudo_labels(ctx: RunContext, maps: torch.Tensor, pipeline: RefinePipeline)
     width = maps.shape[1]
     tags = torch.tensor([t + [t[0]] * (width - len(t)) for t in split.labels])  # (N, K), padded
     classes = 1 + tags.gather(1, position.flatten(1)).view_as(position)
-    return soft, torch.where(foreground.bool(), classes, 0).to(torch.uint8)
+    labels = torch.where(foreground.bool(), classes, 0).to(torch.uint8)
+    for i in (i for i, t in enumerate(split.labels) if len(t) > 1):  # several classes: one multi-label refinement
+        image = split.images[i].permute(1, 2, 0).contiguous().numpy()
+        k = torch.from_numpy(pipeline.label_map(image, maps[i, : len(split.labels[i])].numpy()).astype(np.int64))
+        labels[i] = torch.where(k > 0, 1 + tags[i].gather(0, (k - 1).clamp(min=0).flatten()).view_as(k), 0)
+    return soft, labels
 
 
 def self_training(ctx: RunContext) -> list[StageResult]:

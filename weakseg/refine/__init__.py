@@ -11,7 +11,16 @@ No torch import here: worker processes start fast.
 
 from __future__ import annotations
 
-from weakseg.refine.ops import RefineOp, RefineState, crf_foreground_prob, get_op, list_ops, make_op, register_op
+from weakseg.refine.ops import (
+    RefineOp,
+    RefineState,
+    class_probabilities,
+    crf_foreground_prob,
+    get_op,
+    list_ops,
+    make_op,
+    register_op,
+)
 from weakseg.refine.parallel import Refiner, bench_refine, refine_many
 from weakseg.refine.pipeline import RefinePipeline, parse_pipeline, parse_step
 
@@ -21,6 +30,7 @@ __all__ = [
     "RefineState",
     "Refiner",
     "bench_refine",
+    "class_probabilities",
     "crf_foreground_prob",
     "get_op",
     "list_ops",

@@ -25,6 +25,7 @@ __all__ = [
     "OPS",
     "RefineOp",
     "RefineState",
+    "class_probabilities",
     "crf_foreground_prob",
     "get_op",
     "list_ops",
@@ -461,17 +462,33 @@ class DenseCRF(RefineOp):
             raise self._fail("compat_gauss and compat_bilateral must be >= 0")
 
     def __call__(self, state: RefineState) -> RefineState:
+        p = crf_foreground_prob(state.soft, state.threshold, self.confidence)
+        return replace(state, mask=self.infer(state.image, np.stack([1.0 - p, p])).astype(np.uint8))
+
+    def infer(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Labels (H, W) int64: the argmax (ties → the lower label) of the mean-field marginals of an L-label dense
+        CRF whose unary is ``-log probs`` (L, H, W), with this step's kernels over the RGB ``image``."""
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
 
-        h, w = state.soft.shape
-        p = crf_foreground_prob(state.soft, state.threshold, self.confidence)
-        crf = dcrf.DenseCRF2D(w, h, 2)
-        crf.setUnaryEnergy(unary_from_softmax(np.stack([1.0 - p, p]).astype(np.float32)))
+        labels, h, w = probs.shape
+        crf = dcrf.DenseCRF2D(w, h, labels)
+        crf.setUnaryEnergy(unary_from_softmax(np.asarray(probs, dtype=np.float32)))
         if self.compat_gauss > 0:
             crf.addPairwiseGaussian(sxy=self.sxy_gauss, compat=self.compat_gauss)
         if self.compat_bilateral > 0:
-            rgb = np.ascontiguousarray(state.image, dtype=np.uint8)
+            rgb = np.ascontiguousarray(image, dtype=np.uint8)
             crf.addPairwiseBilateral(sxy=self.sxy_bilateral, srgb=self.srgb, rgbim=rgb, compat=self.compat_bilateral)
-        q = np.asarray(crf.inference(self.iters), dtype=np.float32).reshape(2, h, w)
-        return replace(state, mask=(q[1] > q[0]).astype(np.uint8))
+        q = np.asarray(crf.inference(self.iters), dtype=np.float32).reshape(labels, h, w)
+        return q.argmax(0)
+
+
+def class_probabilities(maps: np.ndarray, threshold: float, confidence: float = 1.0) -> np.ndarray:
+    """(K, H, W) soft maps, one per tag of an image → (K + 1, H, W): P(background), P(tag 1), ... P(tag K).
+
+    Each map gives P(its class) = p_k by :func:`crf_foreground_prob`; taken as independent evidence of which one
+    label a pixel has, P(background) ∝ Π (1 − p_j) and P(k) ∝ p_k Π_{j≠k} (1 − p_j), i.e. the odds p_k / (1 − p_k)
+    against a background of 1. With one map this is (1 − p, p), the two-label CRF's unary."""
+    p = np.stack([crf_foreground_prob(m, threshold, confidence) for m in maps])
+    odds = p / (1.0 - p)
+    return np.concatenate([np.ones_like(p[:1]), odds]) / (1.0 + odds.sum(0, keepdims=True))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from weakseg.errors import ConfigError
-from weakseg.refine.ops import RefineOp, RefineState, get_op
+from weakseg.refine.ops import DenseCRF, RefineOp, RefineState, class_probabilities, get_op
 
 __all__ = ["PipelineSpec", "RefinePipeline", "parse_pipeline", "parse_step"]
 
@@ -66,6 +66,35 @@ class RefinePipeline:
         if state.mask is None:
             return (state.soft >= 0.5).astype(np.uint8)
         return state.mask
+
+    def label_map(self, image: np.ndarray | None, maps: np.ndarray) -> np.ndarray:
+        """Labels uint8 (H, W) from several soft maps (K, H, W), one per tag of the image: 0 background, k the
+        k-th map's class.
+
+        Without a ``crf`` step the foreground is the pipeline run on the strongest map, and each foreground pixel
+        takes the class of its strongest map. With one, the steps before it run on every map (the background
+        threshold is the one they find on the strongest map), a (K + 1)-label dense CRF labels the pixels
+        (:func:`~weakseg.refine.ops.class_probabilities`), the steps after it refine the CRF's foreground, and a
+        pixel they add takes the class of its strongest map. With one map this equals calling the pipeline."""
+        maps = np.stack([_check_soft(m) for m in maps]) if len(maps) else np.empty((0,))
+        if maps.ndim != 3:
+            raise ConfigError(f"label_map needs (K, H, W) maps with K >= 1, got shape {maps.shape}")
+        strongest = maps.argmax(0) + 1
+        at = next((i for i, step in enumerate(self.steps) if isinstance(step, DenseCRF)), None)
+        if at is None:
+            foreground = self(image, maps.max(0)).astype(bool)
+            return np.where(foreground, strongest, 0).astype(np.uint8)
+        image = _check_image(image, maps.shape[1:], required=True)
+        before = RefinePipeline(self.steps[:at])
+        state = before.run(image, maps.max(0))
+        softs = np.stack([before.run(image, m).soft for m in maps])
+        crf: DenseCRF = self.steps[at]  # type: ignore[assignment]
+        labels = crf.infer(image, class_probabilities(softs, state.threshold, crf.confidence))
+        state = RefineState(image, state.soft, (labels > 0).astype(np.uint8), state.threshold)
+        for step in self.steps[at + 1 :]:
+            state = step(state)
+        foreground = state.mask.astype(bool)
+        return np.where(foreground, np.where(labels > 0, labels, strongest), 0).astype(np.uint8)
 
 
 def _check_soft(soft: Any) -> np.ndarray:
