@@ -181,7 +181,7 @@ def test_methods():
     from weakseg.pipeline import list_methods as pipeline_list_methods
 
     cams = ["cam", "fullgrad", "gradcam", "gradcam++", "hirescam", "layercam", "xgradcam"]
-    expected = sorted(["boxes", "full", "masks", "multi", "points", "sam", "selftrain", *cams])
+    expected = sorted(["boxes", "ccam", "full", "masks", "multi", "points", "sam", "selftrain", "vit", *cams])
     assert list_methods() == pipeline_list_methods() == METHODS.names() == expected
     assert list_methods("grad*") == ["gradcam", "gradcam++"]
     assert all(callable(METHODS.meta(name)["primary"]) for name in METHODS)

@@ -11,7 +11,7 @@ import torch
 from tests.synthetic import tagged_blob_split
 from weakseg.config import RunConfig, TrainConfig
 from weakseg.errors import ConfigError
-from weakseg.methods.selftrain import class_probabilities, pseudo_labels
+from weakseg.methods.selftrain import class_probabilities, pseudo_labels, self_training
 from weakseg.methods.tags import quality
 from weakseg.models import build_model, load_model
 from weakseg.pipeline import RunContext, run
@@ -144,6 +144,24 @@ def test_an_image_with_several_tags_gets_a_multi_label_crf(tmp_path):
     with Refiner(pipeline) as refiner:  # one-tag images: the two-label CRF of their class
         one = refiner.map([split.images[0].permute(1, 2, 0).contiguous().numpy()], [maps[0].max(0).values.numpy()])
     np.testing.assert_array_equal(labels[0].numpy(), one[0] * 1)
+
+
+def test_a_negative_image_gets_no_foreground(tmp_path):
+    from weakseg.methods.selftrain import tag_maps
+
+    split = tagged_blob_split(4, size=32, seed=1)
+    split.tag_classes, split.labels = ["polyp", "none"], [[0], [1], [0], [1]]  # images 1 and 3: negatives
+    ctx = RunContext(_config(), tmp_path, torch.device("cpu"), split, split, None, split, None, tmp_path)
+    torch.manual_seed(0)
+    model = build_model("unet", "tf_efficientnet_lite0", 2, None, tags=2, multilabel=True)
+    for source in ("cam", "seg"):
+        assert (tag_maps(model, ctx, source)[[1, 3]] == 0).all()
+    assert tag_maps(model, ctx, "seg")[[0, 2]].amin() > 0  # probabilities: the positives' maps are not zeroed
+    three = _three_classes(tagged_blob_split(4, size=32, seed=1))
+    three.tag_classes, three.mask_classes = ["red", "none"], ["background", "red", "none"]
+    ctx = RunContext(_config(), tmp_path, torch.device("cpu"), three, three, None, three, None, tmp_path)
+    with pytest.raises(ConfigError, match="'none' is not a class"):
+        self_training(ctx)
 
 
 @pytest.mark.slow

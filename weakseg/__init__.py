@@ -1,10 +1,11 @@
 """weakseg: from cheap labels (tags, boxes, points, a few masks) to pixel masks, measured honestly.
 
 The Python API matches the CLI (:mod:`weakseg.api`): :func:`run` (``weakseg train``), :func:`run_experiment`,
-:func:`label`, :func:`export_labels`, :func:`write_report`; and the pieces by name: :func:`build_model`,
-:func:`build_dataset`, :func:`build_cam` and the CAM classes (``with weakseg.GradCAM(model, layers) as cam``),
-:func:`build_mask_generator`, :func:`parse_pipeline`. Pieces are imported on first use, so ``import weakseg``
-does not load torch.
+:func:`label`, :func:`export_labels`, :func:`export_onnx` (``weakseg export``), :func:`write_report`; and the
+pieces by name: :func:`build_model`, :func:`build_dataset`, :func:`build_cam` and the CAM classes
+(``with weakseg.GradCAM(model, layers) as cam``), :func:`build_mask_generator`, :func:`parse_pipeline`,
+:class:`OnnxSegmenter` (an exported model). Pieces are imported on first use, so ``import weakseg`` does not
+load torch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from weakseg.api import export_labels, label, run, run_experiment, write_report
+from weakseg.api import export_labels, export_onnx, label, run, run_experiment, write_report
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ _LAZY = {
     "build_model": "weakseg.models",
     "list_models": "weakseg.models",
     "load_model": "weakseg.models",
+    "OnnxSegmenter": "weakseg.models.onnx",
     "build_dataset": "weakseg.data",
     "list_datasets": "weakseg.data",
     "build_cam": "weakseg.cams",
@@ -37,7 +39,7 @@ _LAZY = {
     "Budget": "weakseg.budget",
 }
 
-__all__ = ["__version__", "export_labels", "label", "run", "run_experiment", "write_report", *_LAZY]
+__all__ = ["__version__", "export_labels", "export_onnx", "label", "run", "run_experiment", "write_report", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -82,6 +82,17 @@ def export_labels(directory: str | Path, format: str, out: str | Path | None = N
     return export(directory, format, out, **options)
 
 
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> Path:
+    """``weakseg export --onnx``: a checkpoint as one ONNX file (meta inside, checked against PyTorch); predict
+    with it by ``weakseg predict --checkpoint out.onnx`` or :class:`weakseg.OnnxSegmenter`. Returns its path.
+
+    >>> weakseg.export_onnx("runs/pets/best.pt", "pets.onnx")
+    """
+    from weakseg.models.onnx import export_onnx as export
+
+    return export(checkpoint, out, opset)
+
+
 def write_report(run_dir: str | Path, data_root: str | Path | None = None, out: str | Path | None = None) -> Path:
     """``weakseg report``: one self-contained HTML page for a run folder; returns its path.
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,10 +16,11 @@ from torchvision.ops import roi_align
 
 from weakseg.config import ClassifierConfig
 from weakseg.data.prepared import PreparedSplit
+from weakseg.data.sample import NEGATIVE_TAG
 from weakseg.data.transforms import flip_batch
 from weakseg.errors import ConfigError
 from weakseg.identity import digest
-from weakseg.io import atomic_path
+from weakseg.io import atomic_path, write_csv
 from weakseg.models.classifier import Classifier
 from weakseg.runtime import seed_everything
 
@@ -35,10 +35,16 @@ class ClassifierResult:
 
 
 def is_multilabel(split: PreparedSplit, config: ClassifierConfig) -> bool:
-    """Multi-label when configured so, or (unset) when some image carries several tags."""
+    """Multi-label when configured so, or (unset) when some image carries several tags or the tags include the
+    negative ``none`` class.
+
+    With negatives, one sigmoid per tag class: a ``none`` image's target has no foreground class, so each
+    foreground logit alone scores that class against the negatives, and that logit is what a CAM explains. (In a
+    softmax, a foreground logit only matters relative to the ``none`` logit, so its own gradient is a weaker
+    account of the foreground evidence.)"""
     if config.multilabel is not None:
         return config.multilabel
-    return any(len(labels) > 1 for labels in split.labels)
+    return NEGATIVE_TAG in split.tag_classes or any(len(labels) > 1 for labels in split.labels)
 
 
 def tag_targets(split: PreparedSplit, indices: list[int], num_classes: int, multilabel: bool) -> torch.Tensor:
@@ -195,8 +201,4 @@ def write_log(path: Path, history: list[dict[str, float]]) -> None:
     """The per-epoch log as CSV."""
     if not history:
         return
-    fields = list(dict.fromkeys(k for row in history for k in row))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fields)
-        writer.writeheader()
-        writer.writerows(history)
+    write_csv(path, history, list(dict.fromkeys(k for row in history for k in row)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -138,7 +139,9 @@ def evaluate(
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (best.pt).")],
+    checkpoint: Annotated[
+        Path, typer.Option(help="Model checkpoint (best.pt), or an ONNX model from weakseg export (.onnx).")
+    ],
     out: Annotated[Path, typer.Option(help="Output folder for masks and overlays.")] = Path("predictions"),
     overlays: Annotated[bool, typer.Option(help="Also write overlay pictures.")] = True,
     on_error: OnError = "raise",
@@ -150,15 +153,22 @@ def predict(
         int, typer.Option(help="Overlap of neighbouring tiles in pixels (with --tile); each keeps its centre.", min=0)
     ] = 64,
 ) -> None:
-    """Predict masks (PNG, class indices at native resolution) and overlay pictures for images."""
+    """Predict masks (PNG, class indices at native resolution) and overlay pictures for images. An .onnx model
+    runs with ONNX Runtime and needs nothing else (size, fit and classes are in its metadata)."""
     from weakseg.models import checkpoint_meta, load_model
     from weakseg.predict import collect_inputs, predict_files
     from weakseg.runtime import configure_threads, pick_device
 
     configure_threads()
     files = collect_inputs(inputs)
-    meta = checkpoint_meta(checkpoint)
-    model = load_model(checkpoint).to(pick_device())
+    if checkpoint.suffix.lower() == ".onnx":
+        from weakseg.models.onnx import OnnxSegmenter
+
+        model = OnnxSegmenter(checkpoint)
+        meta = model.meta
+    else:
+        meta = checkpoint_meta(checkpoint)
+        model = load_model(checkpoint).to(pick_device())
     size, fit, policy = meta.get("size", 160), meta.get("fit", "resize"), _on_error(on_error)
     tiling = {"tile": tile, "overlap": overlap}
     written = predict_files(model, files, out, size, fit, overlays=overlays, on_error=policy, **tiling)
@@ -304,7 +314,7 @@ def label_cmd(
         console.print(f"{len(report.unlabelled)} image(s) got no mask (no labels and no segmenter)")
     console.print(f"masks: {out / 'masks'}; check first: {out / 'review.csv'}")
     _write_report(out, data)
-    if export:
+    if export and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0, once the masks are all written
         from weakseg.export import export_labels
 
         console.print(f"exported: {export_labels(out, export, images=data / 'images')}")
@@ -338,6 +348,22 @@ def export_labels_cmd(
     options = {"coco": {"mode": coco_mode}, "labelstudio": {"image_root": image_root}}.get(format.lower(), {})
     path = export_labels(directory, format, out, classes, images, image_ext, progress=True, **options)
     console.print(f"wrote {format} labels: {path}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (best.pt) written by training.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write, e.g. model.onnx.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset version.", min=13)] = 18,
+) -> None:
+    """Export a trained model to one ONNX file for deployment; 'weakseg predict --checkpoint FILE.onnx' uses it.
+    Input 'images': float32 RGB in [0, 1], N x 3 x H x W (normalised inside); output 'logits', N x C x H x W (the
+    primary head of a multi-head model, the masks of a multi-task one). Batch, height and width are dynamic: any
+    size for U-Net, multiples of the encoder's output stride for the others. The metadata holds size, fit, class
+    names and the output's kind (sigmoid for binary models, softmax otherwise). Checked against PyTorch."""
+    from weakseg.models.onnx import export_onnx
+
+    console.print(f"wrote {export_onnx(checkpoint, onnx, opset)}")
 
 
 @app.command()
@@ -405,7 +431,10 @@ def experiment_run(
 
 
 def _write_report(run_dir: Path, data_root: Path | None = None) -> None:
-    """The run's HTML report; a failure is printed, never fails the command that produced the run."""
+    """The run's HTML report (by rank 0 under torchrun); a failure is printed, never fails the command that produced
+    the run."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     from weakseg.report import write_report
 
     try:
@@ -629,10 +658,14 @@ def list_sources_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pa
 
 @list_app.command("methods")
 def list_methods_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pattern, e.g. 'grad*'")] = "*") -> None:
-    """Registered training methods."""
-    from weakseg.methods.base import list_methods
+    """Registered training methods (with a note where a method has one)."""
+    from weakseg.methods.base import METHODS, list_methods
 
-    console.print("\n".join(list_methods(pattern)))
+    lines = [
+        f"{n}: {METHODS.meta(n)['description']}" if METHODS.meta(n).get("description") else n
+        for n in list_methods(pattern)
+    ]
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 @list_app.command("exporters")
@@ -644,8 +677,16 @@ def list_exporters_cmd() -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2. Launched by torchrun, each process
+    joins its process group first and only rank 0 prints results (every process prints its errors)."""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torch is only imported when torchrun launched us
     try:
+        if several:
+            from weakseg import distributed
+
+            distributed.setup()
+            if not distributed.is_main():
+                console.quiet = True
         app()
     except WeaksegError as err:
         err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
@@ -653,6 +694,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted: finished epochs and runs are kept; rerun the same command to resume")
         sys.exit(130)
+    finally:
+        if several:
+            from weakseg import distributed
+
+            distributed.teardown()
 
 
 if __name__ == "__main__":

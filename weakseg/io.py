@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -171,13 +175,24 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+TEMPORARY_SUFFIX = ".tmp"
+_HOST = re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname()).strip("-") or "host"
+_TEMPORARY = re.compile(r"\..+\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>[0-9]+)\.[a-z0-9_]{8}\.tmp")
+"""The name of an :func:`atomic_path` temporary: ``.<name>.<host>-<pid of the writer>.<8 random characters>.tmp``."""
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds. The file gets the
-    permissions a plain ``open`` would give it (0666 less the umask), not mkstemp's private 0600."""
+    permissions a plain ``open`` would give it (0666 less the umask), not mkstemp's private 0600.
+
+    The temporary is hidden and ends in ``.tmp``, never in the suffix of `path` (writers that need the format
+    from the suffix give it explicitly): one left behind by a process killed mid-write is never listed as an
+    output (``*.png``, :func:`list_images`), and :func:`remove_temporaries` deletes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    prefix = f".{path.name}.{_HOST}-{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -186,6 +201,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _writer_gone(host: str, pid: int) -> bool:
+    """Whether the process that made a temporary has ended (known only for a process of this machine)."""
+    if host != _HOST:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_temporaries(folder: str | Path, recursive: bool = True) -> int:
+    """Delete the :func:`atomic_path` temporaries in ``folder`` (and below) whose writer has ended: writes that a
+    kill or a crash cut short. Those of running processes (a write in progress) are kept. Returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    found = folder.rglob(f"*{TEMPORARY_SUFFIX}") if recursive else folder.glob(f"*{TEMPORARY_SUFFIX}")
+    removed = 0
+    for path in found:
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and _writer_gone(match["host"], int(match["pid"])) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -200,13 +244,25 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    """Write rows as CSV with a header, atomically (a log rewritten whole each epoch is never half there)."""
+    text = StringIO()
+    writer = csv.DictWriter(text, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
+
+
 def write_png(path: str | Path, array: np.ndarray) -> None:
-    """Write a uint8 image (grey or RGB) as PNG, atomically."""
+    """Write a uint8 image (grey or RGB) atomically, as PNG (or as the path's suffix says: JPEG for .jpg)."""
+    path = Path(path)
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    encoded, data = cv2.imencode(path.suffix or ".png", array)  # the format from the suffix (.jpg: JPEG)
+    if not encoded:
+        raise DataFileError(path, "cannot write image")
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), array):
-            raise DataFileError(path, "cannot write image")
+        tmp.write_bytes(data.tobytes())
 
 
 def list_images(folder: str | Path) -> list[Path]:

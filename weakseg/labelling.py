@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from weakseg import distributed
 from weakseg.budget import click_masks
 from weakseg.config import TrainConfig
 from weakseg.data.folder import FolderDataset
@@ -40,7 +41,7 @@ from weakseg.data.transforms import fit_sample
 from weakseg.errors import ConfigError
 from weakseg.evaluate import predict_probabilities
 from weakseg.identity import CODE_VERSIONS, digest
-from weakseg.io import read_label_image, write_json, write_png, write_text
+from weakseg.io import read_label_image, remove_temporaries, write_json, write_png, write_text
 from weakseg.models import build_model
 from weakseg.pipeline import holdout
 from weakseg.runtime import pick_device, seed_everything
@@ -118,7 +119,8 @@ def iou(a: np.ndarray, b: np.ndarray, known: np.ndarray | None = None) -> float:
 
 def box_masks_for(ds: FolderDataset, settings: LabelSettings, out_dir: Path, progress: bool) -> dict[str, list[str]]:
     """Write ``boxes/<generator>/<name>.png`` (and ``boxes/grabcut/``) for every image with boxes and no mask,
-    skipping masks already written (a resumed run); returns {name: [the generators' names]}."""
+    skipping masks already written (a resumed run); returns {name: [the generators' names]}. Under torchrun each
+    process segments its share of the images, and every process gets the whole dict."""
     makers = []
     if settings.generator != "none":
         makers.append((settings.generator, build_mask_generator(settings.generator, **settings.generator_options)))
@@ -127,9 +129,10 @@ def box_masks_for(ds: FolderDataset, settings: LabelSettings, out_dir: Path, pro
     if not makers:
         raise ConfigError("boxes need a generator or GrabCut (generator 'none' with grabcut off labels nothing)")
     done: dict[str, list[str]] = {}
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("masks from boxes", total=len(ds))
-        for name in ds.names:
+    mine = distributed.shard(ds.names)
+    with Progress(disable=not (progress and distributed.is_main()), transient=True) as bar:
+        task = bar.add_task("masks from boxes", total=len(mine))
+        for name in mine:
             bar.advance(task)
             paths = [out_dir / "boxes" / maker_name / f"{name}.png" for maker_name, _ in makers]
             if all(p.is_file() for p in paths):
@@ -141,7 +144,8 @@ def box_masks_for(ds: FolderDataset, settings: LabelSettings, out_dir: Path, pro
             for (_, maker), path in zip(makers, paths, strict=True):
                 write_png(path, maker([sample.image], [sample.boxes])[0])
             done[name] = [m for m, _ in makers]
-    return done
+    merged = {k: v for share in distributed.gather_objects(done) for k, v in share.items()}
+    return {name: merged[name] for name in ds.names if name in merged}
 
 
 def read_box_masks(out_dir: Path, name: str, generators: list[str]) -> list[np.ndarray]:
@@ -170,7 +174,9 @@ def label_folder(
     progress: bool = True,
     on_error: str = "raise",
 ) -> LabelReport:
-    """Label every image of the folder dataset at ``root`` (see the module docstring)."""
+    """Label every image of the folder dataset at ``root`` (see the module docstring). Launched by torchrun, the
+    processes share the work: box masks and the final masks per image, the segmenter's training; rank 0 writes
+    ``review.csv`` and ``label.json`` for all."""
     settings = settings or LabelSettings()
     out_dir = Path(out_dir)
     extra = {"mask_classes": settings.mask_classes} if settings.mask_classes else {}
@@ -178,10 +184,13 @@ def label_folder(
     ds.on_error = on_error
     ident = {"settings": asdict(settings), "files": ds.fingerprint(), "code": CODE_VERSIONS}
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim(out_dir, ident)
+    distributed.setup()
+    main = distributed.is_main()
+    distributed.main_first(lambda: claim(out_dir, ident))
+    remove_temporaries(out_dir)  # writes an earlier run was killed in
     boxed = box_masks_for(ds, settings, out_dir, progress)
     split = prepare(ds, settings.size, keep_native=False, use_cache=False, progress=progress)
-    if split.skipped:  # on_error='skip': the images left out, with their reasons
+    if split.skipped and main:  # on_error='skip': the images left out, with their reasons
         write_json(out_dir / "skipped.json", split.skipped)
     labels = training_masks(split, ds, out_dir, boxed)
     has_labels = (labels != IGNORE_INDEX).flatten(1).any(1)
@@ -190,7 +199,8 @@ def label_folder(
     )
     classes = len(ds.mask_classes)
 
-    probs: torch.Tensor | None = None
+    mine = distributed.shard(range(len(split)))  # the images this process writes (all in one process)
+    probs: dict[int, torch.Tensor] = {}
     if use_segmenter:
         if not bool(has_labels.any()):
             raise ConfigError(f"'{root}': no image has a mask, boxes or clicks to learn from")
@@ -225,24 +235,23 @@ def label_folder(
         )
         model.eval()
         with torch.no_grad():
-            probs = torch.cat(
-                [
-                    predict_probabilities(
-                        model, split.images[s : s + 16].to(device).float().div_(255), config.tta, config.amp
-                    ).cpu()
-                    for s in range(0, len(split), 16)
-                ]
-            )
+            for s in range(0, len(mine), 16):
+                batch = mine[s : s + 16]
+                images = split.images[batch].to(device).float().div_(255)
+                probs.update(
+                    zip(batch, predict_probabilities(model, images, config.tta, config.amp).cpu(), strict=True)
+                )
 
     rows, predicted, unlabelled = [], 0, []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("writing masks", total=len(split))
-        for i, name in enumerate(split.names):
+    with Progress(disable=not (progress and main), transient=True) as bar:
+        task = bar.add_task("writing masks", total=len(mine))
+        for i in mine:
+            name = split.names[i]
             bar.advance(task)
             geometry, sources = split.geometry[i], []
-            native_prob = geometry.to_native(probs[i]) if probs is not None else None
+            native_prob = geometry.to_native(probs[i]) if i in probs else None
             prediction = native_prob.argmax(0).numpy().astype(np.uint8) if native_prob is not None else None
-            confidence = float(probs[i].max(0).values.mean()) if probs is not None else float("nan")
+            confidence = float(probs[i].max(0).values.mean()) if i in probs else float("nan")
             agreements = []
             if split.labelled[i]:
                 sample = ds.load(name)
@@ -269,6 +278,9 @@ def label_folder(
             write_png(out_dir / "masks" / f"{name}.png", mask.astype(np.uint8))
             score = float(np.mean(agreements)) if agreements else (1.0 if split.labelled[i] else confidence)
             rows.append({"name": name, "score": score, "confidence": confidence, "sources": "+".join(sources)})
+    shares = distributed.gather_objects((rows, predicted, unlabelled))  # every process's images
+    rows, predicted = [r for share in shares for r in share[0]], sum(share[1] for share in shares)
+    unlabelled = sorted((n for share in shares for n in share[2]), key=split.names.index)
     rows.sort(key=lambda r: (-1.0 if np.isnan(r["score"]) else r["score"], r["name"]))  # unscored first
 
     def text(value: float) -> str:
@@ -276,7 +288,8 @@ def label_folder(
 
     lines = ["name,score,confidence,sources"]
     lines += [f"{r['name']},{text(r['score'])},{text(r['confidence'])},{r['sources']}" for r in rows]
-    write_text(out_dir / "review.csv", "\n".join(lines) + "\n")
+    if main:
+        write_text(out_dir / "review.csv", "\n".join(lines) + "\n")
     report = LabelReport(
         out_dir=out_dir,
         images=len(split),
@@ -287,7 +300,9 @@ def label_folder(
         unlabelled=unlabelled,
     )
     summary = {k: v for k, v in asdict(report).items() if k != "out_dir"}
-    write_json(out_dir / "label.json", {"ident": ident, "report": summary, "segmenter": use_segmenter})
+    if main:
+        write_json(out_dir / "label.json", {"ident": ident, "report": summary, "segmenter": use_segmenter})
+    distributed.barrier()  # every process returns with the whole folder written
     return report
 
 

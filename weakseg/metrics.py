@@ -75,6 +75,10 @@ class ConfusionMatrix:
         counts = torch.bincount(code[valid], minlength=n * c * c)
         self._per_image.extend(counts.view(n, c, c).cpu().numpy().astype(np.int64))
 
+    def add_images(self, per_image: np.ndarray) -> None:
+        """Add images' confusion matrices (N, C, C), e.g. another accumulator's ``per_image``."""
+        self._per_image.extend(np.asarray(per_image, np.int64).reshape(-1, self.num_classes, self.num_classes))
+
     @property
     def per_image(self) -> np.ndarray:
         """(N, C, C) confusion matrices, one per image."""

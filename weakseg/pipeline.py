@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from weakseg import distributed
 from weakseg.budget import Budget, choose_subset, select, select_from_files
 from weakseg.config import RunConfig
 from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.errors import ConfigError
-from weakseg.io import write_json
+from weakseg.io import remove_temporaries, write_json
 from weakseg.methods.base import (
     METHODS,
     Method,
@@ -85,15 +86,20 @@ def run(
     shared_dir: str | Path | None = None,
 ) -> list[StageResult]:
     """Run one configuration with one seed; writes config, budget, checkpoints and metrics to ``out_dir``
-    (reusable artefacts to ``shared_dir``, by default ``out_dir/shared``)."""
+    (reusable artefacts to ``shared_dir``, by default ``out_dir/shared``). Under torchrun every process runs it
+    alike (training is shared, :func:`weakseg.train.fit`); rank 0 writes the run's files, and all return together."""
+    distributed.setup()
+    main = distributed.is_main()
     method = METHODS.get(config.method.name)
     primary = METHODS.meta(config.method.name)["primary"]
     configure_threads()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", config.model_dump())
+    remove_temporaries(out_dir)  # writes an earlier run was killed in
+    if main:
+        write_json(out_dir / "config.json", config.model_dump())
     train_full, test = splits or load_splits(config, data_root, progress)
-    if config.dataset.on_error == "skip":  # the items left out of the training and test splits, with reasons
+    if config.dataset.on_error == "skip" and main:  # the items left out of the training and test splits
         skipped = [*train_full.skipped, *(s for s in test.skipped if s not in train_full.skipped)]
         write_json(out_dir / "skipped.json", skipped)
     b = config.budget
@@ -103,7 +109,8 @@ def run(
     kind = primary(config)
     pool = selection.images_with(kind, train_full.names)
     train, val = holdout(train_full, config.dataset.val_fraction, config.seed, pool, kind)
-    selection.save(out_dir / "budget.json", validation=val.names if val is not None else [])
+    if main:
+        selection.save(out_dir / "budget.json", validation=val.names if val is not None else [])
     context = RunContext(
         config=config,
         out_dir=out_dir,
@@ -119,6 +126,8 @@ def run(
         ledger=selection.ledger(),
     )
     results = method(context)
-    write_json(out_dir / "labels.json", context.ledger.summary())
-    write_json(out_dir / "metrics.json", [r.__dict__ for r in results])  # last: its presence marks the run done
+    if main:
+        write_json(out_dir / "labels.json", context.ledger.summary())
+        write_json(out_dir / "metrics.json", [r.__dict__ for r in results])  # last: its presence marks the run done
+    distributed.barrier()  # every process sees the finished run
     return results

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from weakseg import distributed
 from weakseg.config import CamConfig
 from weakseg.data.base import SegmentationDataset
+from weakseg.data.sample import NEGATIVE_TAG, negative_tag
 from weakseg.data.transforms import Geometry, fit_sample
 from weakseg.errors import ConfigError
 from weakseg.identity import CODE_VERSIONS, bytes_digest, digest
-from weakseg.io import write_json, write_png
+from weakseg.io import remove_temporaries, write_json, write_png
 from weakseg.models.classifier import Classifier
 from weakseg.refine import Refiner, parse_pipeline
 from weakseg.sources.cam import cam_maps
@@ -97,6 +99,7 @@ def pseudo_label_dataset(
 
     The CAM is computed at ``size``; refinement runs on the model-size image (``refine_at='input'``, fast)
     or on the native image with the map resized onto it (``'native'``, sharper edges, slower).
+    An image tagged ``none`` (no foreground class, :data:`~weakseg.data.sample.NEGATIVE_TAG`) gets an empty mask.
 
     An image whose files are bad stops the run, or with the dataset's ``on_error='skip'`` is left out and listed
     with its reason in ``skipped.json`` (it is tried again by the next run).
@@ -120,10 +123,17 @@ def pseudo_label_dataset(
         "files": dataset.fingerprint(),
         "code": {k: CODE_VERSIONS[k] for k in ("cams", "refine")},
     }
-    claim_folder(out_dir, ident, overwrite)
+    negative = negative_tag(dataset.tag_classes)  # images tagged 'none': zero maps, empty masks
+    if negative is not None:
+        ident["negatives"] = NEGATIVE_TAG
+    distributed.setup()  # under torchrun each process labels its share of the images (every world-th one)
+    distributed.main_first(lambda: claim_folder(out_dir, ident, overwrite))
+    for folder in (out_dir, *(out_dir / kind for kind in OUTPUTS)):  # writes an earlier run was killed in
+        remove_temporaries(folder, recursive=False)
     mask_dir = out_dir / "masks"
-    todo = [n for n in dataset.names if not (mask_dir / f"{n}.png").is_file()]
-    skipped = len(dataset.names) - len(todo)
+    mine = distributed.shard(dataset.names)
+    todo = [n for n in mine if not (mask_dir / f"{n}.png").is_file()]
+    skipped = len(mine) - len(todo)
     already_unreadable = len(dataset.skipped)
     written = 0
     classifier.eval()
@@ -131,9 +141,9 @@ def pseudo_label_dataset(
     with (
         Refiner(pipeline, workers) as refiner,
         ThreadPoolExecutor(max_workers=2) as readers,
-        Progress(disable=not progress, transient=False) as bar,
+        Progress(disable=not (progress and distributed.is_main()), transient=False) as bar,
     ):
-        task = bar.add_task("pseudo-labels", total=len(dataset.names), completed=skipped)
+        task = bar.add_task("pseudo-labels", total=len(mine), completed=skipped)
         for start in range(0, len(todo), chunk):
             names = todo[start : start + chunk]
             samples = [s for s in readers.map(dataset.try_load, names) if s is not None]
@@ -142,7 +152,8 @@ def pseudo_label_dataset(
                 continue
             fitted = [fit_sample(s, size, fit) for s in samples]
             images = torch.stack([torch.from_numpy(f.image).permute(2, 0, 1) for f, _ in fitted])
-            maps = cam_maps(classifier, images, [s.labels for s in samples], method, cam, device).numpy()
+            maps = cam_maps(classifier, images, [s.labels for s in samples], method, cam, device, negative=negative)
+            maps = maps.numpy()
             natives = [np.clip(_to_native(m, g), 0, 1) for m, (_, g) in zip(maps, fitted, strict=True)]
             if refine_at == "input":  # refine at model size, then bring the mask back smoothly
                 refined = refiner.map([f.image for f, _ in fitted], list(maps))
@@ -150,7 +161,7 @@ def pseudo_label_dataset(
             else:
                 masks = [m > 0 for m in refiner.map([s.image for s in samples], natives)]
             for sample, mask, native in zip(samples, masks, natives, strict=True):
-                mask = mask.astype(np.uint8)
+                mask = mask.astype(np.uint8) * (negative is None or sample.labels != [negative])  # none: empty
                 if soft:
                     write_png(out_dir / "soft" / f"{sample.name}.png", (np.clip(native, 0, 1) * 255).astype(np.uint8))
                 if overlays:
@@ -159,8 +170,11 @@ def pseudo_label_dataset(
                 write_png(mask_dir / f"{sample.name}.png", mask * 255)  # last: its presence marks the image done
             written += len(samples)
             bar.advance(task, len(samples))
-    order = {name: i for i, name in enumerate(dataset.names)}  # readers finish in any order
-    unreadable = sorted(dataset.skipped[already_unreadable:], key=lambda item: order.get(item["name"], len(order)))
-    if dataset.on_error == "skip":
+    shares = distributed.gather_objects((written, skipped, dataset.skipped[already_unreadable:]))  # every process's
+    written, skipped = sum(share[0] for share in shares), sum(share[1] for share in shares)
+    order = {name: i for i, name in enumerate(dataset.names)}  # readers (and processes) finish in any order
+    unreadable = sorted((s for share in shares for s in share[2]), key=lambda item: order.get(item["name"], len(order)))
+    if dataset.on_error == "skip" and distributed.is_main():
         write_json(out_dir / "skipped.json", unreadable)
+    distributed.barrier()  # every process returns with the whole folder written
     return PseudoLabelReport(written, skipped, out_dir, unreadable)

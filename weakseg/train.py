@@ -10,11 +10,16 @@ the images it labels; an epoch draws from every labelled image alike, or in equa
 on the images the primary target labels, at ``train.strong_lr`` times the learning rate. A plain model with the
 split's masks is the single-target case. A multi-task model (``build_model(..., tags=K)``) also learns the
 split's image tags with its classification branch, the tag loss weighted by ``tag_weight``.
+
+Under ``torchrun`` (:mod:`weakseg.distributed`) the same loop trains with DistributedDataParallel: every process
+draws the same epoch order and global batches (``train.batch_size``), runs the forward pass on its share of each
+batch, and the logits are gathered so that every process computes the loss of the whole batch, exactly as one
+process would (any loss, uneven shares, heads that label some images only); BatchNorm is synchronised on GPUs.
+Validation is split by batches and pooled; only rank 0 writes checkpoints and logs.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import random
@@ -26,13 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
 
-from weakseg import identity
+from weakseg import distributed, identity
 from weakseg.classify import classification_loss, tag_targets
 from weakseg.config import TrainConfig
 from weakseg.data.prepared import PreparedSplit, draw, iterate_batches
 from weakseg.errors import ConfigError, TrainingDivergedError
-from weakseg.io import atomic_path
+from weakseg.io import atomic_path, write_csv
 from weakseg.losses import SoftCrossEntropy, build_loss
 from weakseg.metrics import ConfusionMatrix
 from weakseg.models.multihead import MultiHeadSegmenter
@@ -67,9 +73,12 @@ def save_checkpoint(path: Path, model: Segmenter, **state: Any) -> None:
 
 
 class _TensorBoard:
-    """Writes scalars to TensorBoard when it is installed; silent otherwise."""
+    """Writes scalars to TensorBoard when it is installed (and ``enabled``: rank 0 only); silent otherwise."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, enabled: bool = True):
+        self.writer = None
+        if not enabled:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -107,6 +116,28 @@ def head_logits(model: Segmenter, images: torch.Tensor, names: list[str]) -> dic
     return {names[0]: model(images)}
 
 
+class _TrainForward(torch.nn.Module):
+    """The training forward pass as one module call, so that DistributedDataParallel sees it: the logits of the
+    named heads, and with ``tags`` the multi-task model's tag logits too (else None)."""
+
+    def __init__(self, model: Segmenter):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, images: torch.Tensor, names: list[str], tags: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        if tags:
+            mask_logits, tag_logits = self.model.forward_both(images)
+            return {names[0]: mask_logits}, tag_logits
+        return head_logits(self.model, images, names), None
+
+
+def _whole_batch(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """The logits of the whole batch from every process's share (float32, differentiable); one process: as is."""
+    return local if len(sizes) == 1 else distributed.gather_parts(local.float(), sizes)
+
+
 def epoch_order(
     labelled: torch.Tensor, active: list[int], count: int | None, balanced: bool, generator: torch.Generator
 ) -> torch.Tensor:
@@ -140,16 +171,28 @@ def validate(
     batch_size: int,
     amp: bool,
 ) -> dict[str, float]:
-    """Loss and metrics on the validation split at model resolution, in one forward pass per batch."""
+    """Loss and metrics on the validation split at model resolution, in one forward pass per batch. Under
+    torchrun each process scores every ``world``-th batch (the batches one process would score) and the processes
+    pool their confusion matrices and losses: every process gets the scores of the whole split."""
     model.eval()
     cm = ConfusionMatrix(len(split.mask_classes))
     total, count = 0.0, 0
-    for images, masks, index in iterate_batches(split, batch_size, device):
+    order = None
+    if distributed.world() > 1:
+        starts = distributed.shard(range(0, len(split), batch_size))
+        order = torch.tensor([i for s in starts for i in range(s, min(s + batch_size, len(split)))], dtype=torch.long)
+    for images, masks, index in iterate_batches(split, batch_size, device, order=order):
         with autocast(device, amp):
             logits = model(images).float()
         total += float(loss_fn(logits, masks)) * len(index)
         cm.update(model.probabilities(logits).argmax(1), masks)
         count += len(index)
+    if distributed.world() > 1:
+        pooled = distributed.gather_objects((cm.per_image, total, count))
+        cm = ConfusionMatrix(len(split.mask_classes))
+        for per_image, _, _ in pooled:
+            cm.add_images(per_image)
+        total, count = sum(p[1] for p in pooled), sum(p[2] for p in pooled)
     return {"loss": total / max(count, 1), **cm.compute()}
 
 
@@ -219,9 +262,14 @@ def train_one_epoch(
     device: torch.device,
     bar: Progress,
     description: str,
+    forward: torch.nn.Module | None = None,
 ) -> tuple[float, int, float]:
-    """One pass over the images that the ``active`` targets label; returns (mean loss, images, seconds)."""
+    """One pass over the images that the ``active`` targets label; returns (mean loss, images, seconds).
+    ``forward``: the :class:`_TrainForward` of ``model`` that runs the forward pass (wrapped in
+    DistributedDataParallel under torchrun, where this process computes the logits of its share of each batch)."""
     model.train()
+    forward = forward or _TrainForward(model)
+    world, rank = distributed.world(), distributed.rank()
     order = epoch_order(sup.labelled, active, config.epoch_images, config.sampling == "balanced", generator)
     task = bar.add_task(description, total=math.ceil(len(order) / config.batch_size), info="")
     started, seen, total_loss = time.perf_counter(), 0, 0.0
@@ -235,12 +283,22 @@ def train_one_epoch(
         order=order,
     )
     for images, masks, index in batches:
+        if len(index) < world:  # too few images to give every process one (only ever the last batch): left out
+            break
+        # Every process draws the same whole batch (order and flips from the shared generator) and runs the
+        # forward pass on its share; the gathered logits give every process the loss of the whole batch. The
+        # gather's backward sums the world's equal gradients for each share, and DistributedDataParallel's average
+        # divides them back: the step is the one-process step on the whole batch. (torch's DistributedSampler is
+        # not used: it shards a dataset, whereas the batches here come from the seeded epoch order.)
+        sizes = distributed.parts(len(index))
+        first = sum(sizes[:rank])
+        heads = [sup.names[k] for k in active if sup.labelled[index, k].any()]  # heads with something to learn
+        if sup.tags is not None:  # a multi-task model: its one mask head and the tag branch
+            heads = sup.names[:1]
         with autocast(device, config.amp, config.cpu_amp):
-            if sup.tags is not None:
-                mask_logits, tag_logits = model.forward_both(images)
-                logits = {sup.names[0]: mask_logits}
-            else:
-                logits = head_logits(model, images, [sup.names[k] for k in active])
+            local, local_tags = forward(images[first : first + sizes[rank]], heads, sup.tags is not None)
+        logits = {name: _whole_batch(value, sizes) for name, value in local.items()}
+        tag_logits = _whole_batch(local_tags, sizes) if local_tags is not None else None
         loss = images.new_zeros((), dtype=torch.float32)
         if sup.tags is not None:  # the classification branch learns the images' tags
             tags = sup.tags[index].to(device)
@@ -318,8 +376,17 @@ def fit(
     ``config.monitor`` on the primary head (or the last epoch without validation) and ``last.pt`` for resuming.
     With ``config.early_stop``, training ends once that score has not improved for so many epochs. Returns with
     ``model`` holding the best weights. ``meta`` (input size, fit, class names) is stored in the checkpoints for
-    prediction. ``tag_weight`` > 0 adds the tag loss of a multi-task model's classification branch."""
-    # Setup: the supervision, the optimiser and its schedule, the random streams.
+    prediction. ``tag_weight`` > 0 adds the tag loss of a multi-task model's classification branch.
+
+    Launched by torchrun, every process calls ``fit`` alike; ``config.batch_size`` is the global batch."""
+    # Setup: the supervision, the optimiser and its schedule, the random streams, the processes.
+    distributed.setup()
+    world, main = distributed.world(), distributed.is_main()
+    if config.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size {config.batch_size} is the global batch, split over {world} processes: it must be a "
+            f"multiple of {world}"
+        )
     out_dir = Path(out_dir)
     sup = supervision(model, train, targets, config, tag_weight)
     validating = val is not None and len(val) > 0
@@ -335,6 +402,10 @@ def fit(
         ident["tag_weight"] = tag_weight
     digest = config_digest(config, (run_key or {}) | ident)
     generator = seed_everything(seed)
+    if world > 1 and device.type == "cuda":  # BatchNorm statistics over the whole batch (in place; CUDA only)
+        from timm.layers import convert_sync_batchnorm
+
+        convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -350,7 +421,8 @@ def fit(
     state = torch.load(last_path, map_location="cpu", weights_only=False) if last_path.is_file() else {}
     run = RunState()
     if not (resume and state.get("digest") == digest):
-        best_path.unlink(missing_ok=True)  # a stale best checkpoint from another setup must not be picked up
+        if main:
+            best_path.unlink(missing_ok=True)  # a stale best checkpoint from another setup must not be picked up
     else:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -364,12 +436,16 @@ def fit(
         if run.plateaued(config):  # a run whose early stop triggered is finished
             run.stopped_epoch = run.epochs_done
 
+    forward: torch.nn.Module = _TrainForward(model)
+    if world > 1:  # some heads (or the tag branch) sit out some batches: their parameters get no gradient
+        optional = isinstance(model, MultiHeadSegmenter | MultiTaskSegmenter)
+        ids = [torch.cuda.current_device()] if device.type == "cuda" else None
+        forward = DistributedDataParallel(forward, ids, find_unused_parameters=optional)
+
     log_path = out_dir / "log.csv"
-    with open(log_path, "w", newline="") as fh:  # rewritten from history, so a resume leaves no duplicates
-        writer = csv.DictWriter(fh, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(run.history)
-    board = _TensorBoard(out_dir / "tensorboard")
+    if main:  # rewritten whole from the history, atomically: a resume leaves no duplicates, a kill no half log
+        write_csv(log_path, run.history, LOG_FIELDS)
+    board = _TensorBoard(out_dir / "tensorboard", enabled=main)
 
     columns = (
         TextColumn("{task.description}"),
@@ -378,7 +454,7 @@ def fit(
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    with Progress(*columns, disable=not config.progress, transient=True) as bar:
+    with Progress(*columns, disable=not (config.progress and main), transient=True) as bar:
         for epoch in range(run.epochs_done, config.epochs):
             if run.stopped_epoch is not None:  # early stopping ended the run, in this call or an earlier one
                 break
@@ -388,8 +464,9 @@ def fit(
             active = [sup.primary_k] if epoch >= strong_from else all_heads
             description = f"epoch {epoch + 1}/{config.epochs}"
             loss, seen, seconds = train_one_epoch(
-                model, sup, active, optimizer, scaler, generator, config, device, bar, description
+                model, sup, active, optimizer, scaler, generator, config, device, bar, description, forward
             )
+            distributed.average_buffers(model)  # BatchNorm statistics (per process on CPU) become one model's
             row = {
                 "epoch": epoch + 1,
                 "heads": "+".join(sup.names[k] for k in active),
@@ -412,33 +489,37 @@ def fit(
                 score = float(epoch)
             run.history.append(row)
             run.epochs_done = epoch + 1
-            with open(log_path, "a", newline="") as fh:
-                csv.DictWriter(fh, LOG_FIELDS).writerow(row)
+            if main:
+                write_csv(log_path, run.history, LOG_FIELDS)
             board.log(row, epoch + 1)
 
-            # Checkpoint: the best weights, then everything a resume needs; stop early on a plateau.
+            # Checkpoint (rank 0): the best weights, then everything a resume needs; stop early on a plateau. The
+            # score is the same on every process (pooled validation), so all take the same decisions.
             if score > run.best_score:
                 run.best_score, run.best_epoch = score, epoch + 1
-                save_checkpoint(best_path, model, epoch=epoch, score=score, digest=digest, meta=meta or {})
+                if main:
+                    save_checkpoint(best_path, model, epoch=epoch, score=score, digest=digest, meta=meta or {})
             if run.plateaued(config):
                 run.stopped_epoch = epoch + 1
-            save_checkpoint(
-                last_path,
-                model,
-                epoch=epoch,
-                digest=digest,
-                meta=meta or {},
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(),
-                generator=generator.get_state(),
-                rng=rng_state(),
-                best_score=run.best_score,
-                best_epoch=run.best_epoch,
-                history=run.history,
-                stopped_epoch=run.stopped_epoch,
-            )
+            if main:
+                save_checkpoint(
+                    last_path,
+                    model,
+                    epoch=epoch,
+                    digest=digest,
+                    meta=meta or {},
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict(),
+                    generator=generator.get_state(),
+                    rng=rng_state(),
+                    best_score=run.best_score,
+                    best_epoch=run.best_epoch,
+                    history=run.history,
+                    stopped_epoch=run.stopped_epoch,
+                )
 
+    distributed.barrier()  # rank 0's checkpoints are written
     if best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
     speeds = [r["images_per_s"] for r in run.history if r["images_per_s"]]

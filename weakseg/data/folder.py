@@ -5,7 +5,8 @@ Layout::
     root/images/<name>.<ext>          required
     root/masks/<name>.png             optional, for some images or all; binary (0/255 or 0/1) or class indices
                                       (mask_mode='index'); an image without one is unlabelled
-    root/labels.csv                   optional; columns name,label  (several labels separated by ';')
+    root/labels.csv                   optional; columns name,label  (several labels separated by ';'; the label
+                                      'none' marks a negative: an image with no foreground class, alone)
     root/boxes.json                   optional; COCO: images[].file_name, annotations[].bbox = [x, y, w, h]
     root/clicks.csv                   optional; columns name,x,y,label (label: a class, positive or negative)
     root/annotations/                 optional; any files of :mod:`weakseg.data.annotations` (COCO, Label Studio
@@ -39,7 +40,7 @@ from weakseg.data.annotations import BACKGROUND, ImageLabels, merge, read_annota
 from weakseg.data.base import SegmentationDataset
 from weakseg.data.checks import binarize, check_boxes, check_mask_classes, check_points, tag_indices
 from weakseg.data.registry import register_dataset
-from weakseg.data.sample import Sample
+from weakseg.data.sample import NEGATIVE_TAG, Sample
 from weakseg.errors import DataFileError, DatasetNotFoundError
 from weakseg.io import list_images, read_image, read_label_image
 
@@ -225,6 +226,10 @@ class FolderDataset(SegmentationDataset):
         mask = drawn if mask is None else mask
         tags = [*self._labels.get(name, [])]
         tags += [t for t in self._annotations.get(name, ImageLabels()).tags if t not in tags]
+        if NEGATIVE_TAG in tags and len(tags) > 1:
+            raise DataFileError(
+                self._labels_file, f"'{name}' is tagged '{NEGATIVE_TAG}' (no foreground class) and also {tags}"
+            )
         labels = tag_indices(tags, self.tag_classes, self._labels_file, name)
         boxes = np.concatenate([self._boxes.get(name, np.zeros((0, 4), np.float32)), more_boxes])
         boxes = check_boxes(boxes, image.shape[:2], self._boxes_file, name)

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 IGNORE_INDEX = 255
 """Mask value for pixels that are not scored and not learned from (trimap boundary, padding, unlabelled)."""
+
+NEGATIVE_TAG = "none"
+"""The image-level tag of a negative: an image that shows no foreground class (``labels.csv``: ``name,none``).
+Its classifier target has no foreground class, its CAM maps are all zero and its pseudo-label is all background."""
+
+
+def negative_tag(tag_classes: Sequence[str]) -> int | None:
+    """The index of :data:`NEGATIVE_TAG` among the tag classes, or None when there is no such class."""
+    return list(tag_classes).index(NEGATIVE_TAG) if NEGATIVE_TAG in tag_classes else None
+
+
+def negative_images(labels: Sequence[Sequence[int]], tag_classes: Sequence[str]) -> list[bool]:
+    """Per image, whether its tags are just :data:`NEGATIVE_TAG`."""
+    negative = negative_tag(tag_classes)
+    return [negative is not None and list(tags) == [negative] for tags in labels]
 
 
 @dataclass

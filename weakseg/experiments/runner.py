@@ -19,12 +19,13 @@ from typing import Any
 
 from rich.console import Console
 
+from weakseg import distributed
 from weakseg.config import SETTING_PATHS, ChoiceSpec, ExperimentSpec, RunConfig, apply_overrides
 from weakseg.errors import ConfigError
 from weakseg.experiments.records import restore_records, save_records
 from weakseg.experiments.results import aggregate, write_results
 from weakseg.identity import CODE_VERSIONS, digest, without_neutral
-from weakseg.io import write_json
+from weakseg.io import remove_temporaries, write_json, write_text
 from weakseg.labels import LABEL_KINDS
 from weakseg.pipeline import load_dataset, load_splits, run
 
@@ -190,15 +191,18 @@ class Planner:
 
 
 def execute(seed_run: SeedRun, data_root: str | Path, splits_cache: dict, progress: bool, shared: Path) -> None:
-    """Run one (config, seed) unless its folder already holds the finished run of the same key."""
+    """Run one (config, seed) unless its folder already holds the finished run of the same key. Under torchrun every
+    process takes the same decision (after a barrier) and trains the run together; rank 0 writes its record."""
+    distributed.barrier()
     if seed_run.done:
         return
     config = seed_run.config
     cache_key = config.dataset.model_dump_json()
     if cache_key not in splits_cache:
         splits_cache[cache_key] = load_splits(config, data_root, progress)
-    (seed_run.folder / "metrics.json").unlink(missing_ok=True)  # a run is finished only with metrics of its key
-    write_json(seed_run.folder / "run.json", {"key": seed_run.key, "digest": digest(seed_run.key)})
+    if distributed.is_main():
+        (seed_run.folder / "metrics.json").unlink(missing_ok=True)  # finished only with metrics of its key
+        write_json(seed_run.folder / "run.json", {"key": seed_run.key, "digest": digest(seed_run.key)})
     started = time.perf_counter()
     results = run(config, seed_run.folder, data_root, progress, splits=splits_cache[cache_key], shared_dir=shared)
     console.print(
@@ -262,13 +266,24 @@ def run_experiment(
     those run earlier with other filters, and list the run folders that no current row names. With
     ``records_dir``, the records of runs finished elsewhere (``records_dir/<experiment>``) are taken first, and
     publishing writes the records of every finished current run there.
+
+    Under torchrun every process runs the same rows in the same order, training each together; rank 0 writes the
+    files and prints.
     """
+    distributed.setup()
+    main = distributed.is_main()
+    if not main:
+        console.quiet = True
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = records_dir / spec.name if records_dir is not None else None
-    if records is not None and (restored := restore_records(records, out_dir)):
+    if main and records is not None and (restored := restore_records(records, out_dir)):
         console.print(f"{restored} finished run(s) taken from the records in {records}")
-    (out_dir / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))
+    for folder in (out_dir, out_dir / SHARED):  # writes an earlier run was killed in (a run's own: run() removes)
+        remove_temporaries(folder, recursive=False)
+    if main:
+        write_text(out_dir / "spec.json", json.dumps(spec.model_dump(), indent=2))
+    distributed.barrier()  # the restored records are there for every process
     filters = parse_only(only or [])
     grid_keys = {k for part in spec.part_list() for k in part.grid}
     unknown = [k for k in filters if k not in ("stage", "part") and k not in SETTING_PATHS and k not in grid_keys]
@@ -371,7 +386,9 @@ def collect(
             f"[yellow]{len(stale)} run folder(s) in {out_dir} match no row of the current spec and are not "
             f"reported[/] (older specs or code): {', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}"
         )
-    write_results(out_dir, spec.name, table, publish_dir, stale=stale)
-    if publish_dir is not None and records is not None:
-        save_records(reported, out_dir, records, stale)
+    if distributed.is_main():
+        write_results(out_dir, spec.name, table, publish_dir, stale=stale)
+        if publish_dir is not None and records is not None:
+            save_records(reported, out_dir, records, stale)
+    distributed.barrier()  # the results files are there for every process
     return table

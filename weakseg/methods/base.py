@@ -62,10 +62,11 @@ METHODS: Registry[Method] = Registry("method")
 """Training recipes by name, each with its ``primary`` labels (metadata)."""
 
 
-def register_method(name: str, primary: PrimaryLabels) -> Callable[[Method], Method]:
+def register_method(name: str, primary: PrimaryLabels, description: str = "") -> Callable[[Method], Method]:
     """Decorator: make a training recipe available as ``method: <name>`` in configs; ``primary`` names the kind
-    of label it validates on, so that the validation images come out of the budget's images with that label."""
-    return METHODS.register(name, primary=primary)
+    of label it validates on, so that the validation images come out of the budget's images with that label;
+    ``description`` (one line) is what ``weakseg list methods`` prints beside the name."""
+    return METHODS.register(name, primary=primary, **({"description": description} if description else {}))
 
 
 def list_methods(pattern: str = "*") -> list[str]:

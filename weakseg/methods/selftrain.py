@@ -31,6 +31,7 @@ import torch
 
 from weakseg.classify import is_multilabel, train_classifier
 from weakseg.data.prepared import PreparedSplit
+from weakseg.data.sample import NEGATIVE_TAG, negative_images, negative_tag
 from weakseg.errors import ConfigError
 from weakseg.evaluate import predict_probabilities
 from weakseg.methods.base import RunContext, StageResult, register_method
@@ -64,7 +65,8 @@ def with_labels(part: PreparedSplit, masks: torch.Tensor, index: dict[str, int])
 def tag_maps(model: MultiTaskSegmenter, ctx: RunContext, source: str) -> torch.Tensor:
     """(N, K, S, S) maps in [0, 1], one per tag of each image (K: the most tags an image has; missing positions
     stay 0): the classification branch's CAM for the tag (``cam``), the segmenter's probability of the tag's
-    class, or of the foreground in a two-class task (``seg``), or their mean (``fusion``)."""
+    class, or of the foreground in a two-class task (``seg``), or their mean (``fusion``). A negative (tagged
+    ``none``) gets zero maps."""
     split, cfg = ctx.train_full, ctx.config
     width = max(len(t) for t in split.labels)
     out = torch.zeros(len(split), width, split.size, split.size)
@@ -80,6 +82,7 @@ def tag_maps(model: MultiTaskSegmenter, ctx: RunContext, source: str) -> torch.T
             classes = [1] * len(rows) if probs.shape[1] == 2 else [1 + t for t in tags]
             maps.append(probs[rows, classes])
         out[rows, k] = torch.stack(maps).mean(0)
+    out[torch.tensor(negative_images(split.labels, split.tag_classes), dtype=torch.bool)] = 0  # no foreground
     return out
 
 
@@ -111,6 +114,8 @@ def self_training(ctx: RunContext) -> list[StageResult]:
     if not split.tag_classes or not all(split.labels):
         raise ConfigError(f"selftrain needs a tag on every training image of '{cfg.dataset.name}'")
     classes = len(split.mask_classes)
+    if classes > 2 and negative_tag(split.tag_classes) is not None:
+        raise ConfigError(f"a multi-class task has one mask class per tag: the tag '{NEGATIVE_TAG}' is not a class")
     if classes > 2 and split.mask_classes[1:] != split.tag_classes:
         raise ConfigError(
             f"a multi-class task needs one mask class per tag after the background: mask classes "

@@ -12,6 +12,8 @@ the segmenter trained on them (validated on pseudo-labels too) on the test split
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from weakseg.cams import list_cams
 from weakseg.classify import is_multilabel, train_classifier
 from weakseg.data.prepared import PreparedSplit, prepare
+from weakseg.data.sample import NEGATIVE_TAG, negative_images, negative_tag
 from weakseg.errors import ConfigError
 from weakseg.identity import CODE_VERSIONS, digest
 from weakseg.methods.base import RunContext, StageResult, load_dataset, register_method
@@ -34,7 +37,7 @@ from weakseg.visualize import save_label_examples
 
 def classifier_ident(ctx: RunContext) -> dict:
     split = ctx.train_full
-    return {
+    ident = {
         "classifier": ctx.config.classifier.model_dump(),
         "dataset": ctx.config.dataset.model_dump(exclude={"val_fraction"}),
         "seed": ctx.config.seed,
@@ -42,6 +45,9 @@ def classifier_ident(ctx: RunContext) -> dict:
         "files": split.fingerprint,
         "code": {k: CODE_VERSIONS[k] for k in ("train", "cams")},
     }
+    if negative_tag(split.tag_classes) is not None:  # negatives: multi-label, zero maps (other artefacts)
+        ident["negatives"] = NEGATIVE_TAG
+    return ident
 
 
 def tag_classifier(ctx: RunContext) -> tuple[Classifier, float]:
@@ -73,7 +79,9 @@ def soft_maps(ctx: RunContext, method: str) -> tuple[torch.Tensor, dict]:
 
     def compute_maps() -> torch.Tensor:
         model, info["classifier_accuracy"] = tag_classifier(ctx)
-        return to_uint8(cam_maps(model, split.images, split.labels, method, ctx.config.cam, ctx.device, ctx.progress))
+        negative = negative_tag(split.tag_classes)
+        maps = cam_maps(model, split.images, split.labels, method, ctx.config.cam, ctx.device, ctx.progress, negative)
+        return to_uint8(maps)
 
     soft = store.tensor("cams", ident, compute_maps, notes=info)
     ctx.ledger.record("train", "tags", {n: len(t) for n, t in zip(split.names, split.labels, strict=True)})
@@ -81,7 +89,8 @@ def soft_maps(ctx: RunContext, method: str) -> tuple[torch.Tensor, dict]:
 
 
 def pseudo_labels(ctx: RunContext, method: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(soft maps uint8, pseudo-masks uint8 0/1, info) for every image of the training split."""
+    """(soft maps uint8, pseudo-masks uint8 0/1, info) for every image of the training split; an image tagged
+    ``none`` (a negative) is all background whatever the refinement."""
     store = ArtifactStore(ctx.shared_dir)
     split = ctx.train_full
     soft, info = soft_maps(ctx, method)
@@ -94,7 +103,9 @@ def pseudo_labels(ctx: RunContext, method: str) -> tuple[torch.Tensor, torch.Ten
     }
 
     def refine() -> torch.Tensor:
-        return refine_split(ctx, split, soft, pipeline)
+        masks = refine_split(ctx, split, soft, pipeline)
+        masks[torch.tensor(negative_images(split.labels, split.tag_classes), dtype=torch.bool)] = 0
+        return masks
 
     masks = store.tensor("pseudo", refine_ident, refine)
     seconds = store.info("pseudo", refine_ident).get("seconds")
@@ -123,12 +134,38 @@ def refine_split(ctx: RunContext, split: PreparedSplit, soft: torch.Tensor, pipe
     return (masks >= 0.5).to(torch.uint8)
 
 
+def require_foreground_background(ctx: RunContext, what: str) -> None:
+    """ConfigError unless the dataset has exactly 2 mask classes (the pseudo-labels are foreground/background)."""
+    if len(ctx.train_full.mask_classes) != 2:
+        raise ConfigError(f"{what} are foreground/background: the dataset needs 2 mask classes")
+
+
 def tags_to_segmenter(ctx: RunContext) -> list[StageResult]:
     method = ctx.config.method.name
-    if len(ctx.train_full.mask_classes) != 2:
-        raise ConfigError("pseudo-labels from tags are foreground/background: the dataset needs 2 mask classes")
+    require_foreground_background(ctx, "pseudo-labels from tags")
     soft, masks, info = pseudo_labels(ctx, method)
-    targets = [Target("cam", soft, soft=True), Target("pseudo", masks)]
+    key = {"pseudo": digest({"method": method, "refine": str(parse_pipeline(ctx.config.method.refine))})}
+
+    def record_validation_tags(val: PreparedSplit) -> None:  # pseudo-labels from the held-out images' tags
+        ctx.ledger.record("validation", "tags", {n: len(t) for n, t in zip(val.names, val.labels, strict=True)})
+
+    return pseudo_stages(ctx, soft, masks, info, key, ["classifier_accuracy"], record_validation_tags)
+
+
+def pseudo_stages(
+    ctx: RunContext,
+    soft: torch.Tensor,
+    masks: torch.Tensor,
+    info: dict,
+    run_key: dict,
+    final_metrics: list[str] | None = None,
+    on_validation: Callable[[PreparedSplit], None] | None = None,
+    soft_name: str = "cam",
+) -> list[StageResult]:
+    """Stages ``pseudo`` (and ``dev``/``rest`` with ``method.dev``) scoring the training split's pseudo-masks, and
+    ``final``: a segmenter trained and validated on them (``on_validation`` records the validation images' labels;
+    ``final_metrics`` names ``info`` entries copied into the final stage)."""
+    targets = [Target(soft_name, soft, soft=True), Target("pseudo", masks)]
     save_label_examples(ctx.out_dir / "pseudo_examples.png", ctx.train_full, targets)
     results = []
     index = {n: i for i, n in enumerate(ctx.train_full.names)}
@@ -142,11 +179,10 @@ def tags_to_segmenter(ctx: RunContext) -> list[StageResult]:
             return split.with_masks(masks[[index[n] for n in split.names]])
 
         val = with_pseudo(ctx.val) if ctx.val is not None else None
-        if val is not None:  # pseudo-labels from the held-out images' tags
-            ctx.ledger.record("validation", "tags", {n: len(t) for n, t in zip(val.names, val.labels, strict=True)})
-        key = {"pseudo": digest({"method": method, "refine": str(parse_pipeline(ctx.config.method.refine))})}
-        final = train_and_test(ctx, with_pseudo(ctx.train), key, val_split=val)
-        final.metrics["classifier_accuracy"] = info["classifier_accuracy"]
+        if val is not None and on_validation is not None:
+            on_validation(val)
+        final = train_and_test(ctx, with_pseudo(ctx.train), run_key, val_split=val)
+        final.metrics |= {k: info[k] for k in final_metrics or []}
         results.append(final)
     return results
 

@@ -53,11 +53,13 @@ def cam_maps(
     config: CamConfig | None = None,
     device: torch.device | None = None,
     progress: bool = False,
+    negative: int | None = None,
 ) -> torch.Tensor:
     """Soft maps (N, S, S) float in [0, 1] on the CPU for uint8 images (N, 3, S, S) and their tags.
 
     Each configured scale (and the flipped image, with ``flip``) gives a map at the input size; their mean,
-    min-max normalised per image, is the result.
+    min-max normalised per image, is the result. An image whose only tag (or, untagged, predicted class) is the
+    ``negative`` class id (the ``none`` tag: no foreground) gets an all-zero map.
     """
     config = config or CamConfig()
     device = device or next(model.parameters()).device
@@ -73,13 +75,18 @@ def cam_maps(
             stop = min(start + config.batch_size, len(images))
             x = images[start:stop].to(device).float().div_(255)
             tags = _tag_targets(model, x, labels[start:stop])
-            total = torch.zeros((stop - start, *size), device=device)
-            for scale in config.scales:
+            keep = [i for i, t in enumerate(tags) if negative is None or t != [negative]]
+            if len(keep) < len(tags):  # negatives: no map to compute
+                x, tags = x[keep], [tags[i] for i in keep]
+            total = torch.zeros((len(keep), *size), device=device)
+            for scale in config.scales if keep else []:
                 xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
                 total += upsample(_maps_for_tags(cam, xs, tags), size)
                 if config.flip:
                     total += upsample(_maps_for_tags(cam, xs.flip(-1), tags).flip(-1), size)
-            out[start:stop] = scale_maps(total).cpu()
+            out[start:stop] = 0.0
+            if keep:
+                out[[start + i for i in keep]] = scale_maps(total).cpu()
             bar.advance(task, stop - start)
     return out
 
