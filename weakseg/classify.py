@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import Progress
 from torchvision.ops import roi_align
 
 from weakseg.config import ClassifierConfig
@@ -22,6 +21,7 @@ from weakseg.errors import ConfigError
 from weakseg.identity import digest
 from weakseg.io import atomic_path, write_csv
 from weakseg.models.classifier import Classifier
+from weakseg.progress import progress_bar
 from weakseg.runtime import seed_everything
 
 CLASSIFIER_AUGMENTATIONS = ("crop", "hflip", "vflip")
@@ -157,7 +157,7 @@ def train_classifier(
         with atomic_path(out_path) as tmp:
             torch.save(state, tmp)
 
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress) as bar:
         for epoch in range(start, config.epochs):
             model.train()
             order = torch.tensor(usable)[torch.randperm(len(usable), generator=generator)].tolist()

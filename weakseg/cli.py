@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,6 +31,51 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(list_app, name="list")
 console = Console()
 err_console = Console(stderr=True)
+_json_output = {"on": False}  # weakseg --json: the command's result as one JSON object on stdout
+
+
+@app.callback()
+def options(
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or messages (errors still go to stderr).")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print only the command's result, as one JSON object on stdout.")
+    ] = False,
+) -> None:
+    """weakseg: from cheap labels to pixel masks, measured honestly."""
+    from weakseg.progress import set_quiet
+
+    _json_output["on"] = json_output
+    console.quiet = quiet or json_output or os.environ.get("RANK", "0") != "0"
+    set_quiet(quiet or json_output)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with paths as strings, dataclasses as dicts and NaN / infinity as null (strict JSON)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _emit(**result: Any) -> None:
+    """The command's result: with ``weakseg --json``, one JSON object on stdout (rank 0 only under torchrun)."""
+    if _json_output["on"] and os.environ.get("RANK", "0") == "0":
+        sys.stdout.write(json.dumps(_jsonable(result)) + "\n")
+        sys.stdout.flush()
+
+
+def _results(results: list) -> list[dict[str, Any]]:
+    return [{"stage": r.stage, "setting": r.setting, "metrics": r.metrics} for r in results]
+
 
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE (dotted).")]
 DataRoot = Annotated[Path, typer.Option(help="Folder that dataset roots in the config are relative to.")]
@@ -86,10 +133,14 @@ def train(
     extra = ([f"seed={seed}"] if seed is not None else []) + (["dataset.download=true"] if download else [])
     extra += [f"dataset.on_error={_on_error(on_error)}"] if on_error != "raise" else []
     cfg = load_run_config(config, (overrides or []) + extra)
-    _print_results(run(cfg, out, data_root))
+    results = run(cfg, out, data_root)
+    _print_results(results)
+    skipped = []
     if cfg.dataset.on_error == "skip":
-        _report_skipped(json.loads((out / "skipped.json").read_text()), out / "skipped.json")
+        skipped = json.loads((out / "skipped.json").read_text())
+        _report_skipped(skipped, out / "skipped.json")
     console.print(f"run directory: {out}")
+    _emit(run_dir=out, results=_results(results), skipped=skipped)
 
 
 @app.command()
@@ -134,6 +185,7 @@ def evaluate(
         where = (json_out.parent if json_out else Path(".")) / "skipped.json"
         write_json(where, ds.skipped)
         _report_skipped(ds.skipped, where)
+    _emit(dataset=dataset, split=split, metrics=metrics, skipped=ds.skipped)
 
 
 @app.command()
@@ -173,8 +225,11 @@ def predict(
     tiling = {"tile": tile, "overlap": overlap}
     written = predict_files(model, files, out, size, fit, overlays=overlays, on_error=policy, **tiling)
     console.print(f"wrote {len(written)} masks to {out}")
+    skipped = []
     if on_error == "skip":
-        _report_skipped(json.loads((out / "skipped.json").read_text()), out / "skipped.json")
+        skipped = json.loads((out / "skipped.json").read_text())
+        _report_skipped(skipped, out / "skipped.json")
+    _emit(out=out, masks=len(written), skipped=skipped)
 
 
 @app.command("train-classifier")
@@ -217,6 +272,7 @@ def train_classifier_cmd(
         skipped = [*train.skipped, *(s for s in test.skipped if s not in train.skipped)]
         write_json(out / "skipped.json", skipped)
         _report_skipped(skipped, out / "skipped.json")
+    _emit(classifier=out / "classifier.pt", accuracy=result.accuracy, test_images=len(test), history=result.history)
 
 
 @app.command("pseudo-label")
@@ -276,6 +332,7 @@ def pseudo_label_cmd(
     console.print(
         f"score them: weakseg evaluate --pred-dir {out / 'masks'} --dataset {dataset} --root {root} --split {split}"
     )
+    _emit(masks=out / "masks", written=report.written, already_done=report.skipped, skipped=report.unreadable)
 
 
 @app.command("label")
@@ -313,11 +370,13 @@ def label_cmd(
     if report.unlabelled:
         console.print(f"{len(report.unlabelled)} image(s) got no mask (no labels and no segmenter)")
     console.print(f"masks: {out / 'masks'}; check first: {out / 'review.csv'}")
-    _write_report(out, data)
+    report_path, exported = _write_report(out, data), None
     if export and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0, once the masks are all written
         from weakseg.export import export_labels
 
-        console.print(f"exported: {export_labels(out, export, images=data / 'images')}")
+        exported = export_labels(out, export, images=data / "images")
+        console.print(f"exported: {exported}")
+    _emit(**dataclasses.asdict(report), review=out / "review.csv", report=report_path, exported=exported)
 
 
 @app.command("export-labels")
@@ -348,6 +407,7 @@ def export_labels_cmd(
     options = {"coco": {"mode": coco_mode}, "labelstudio": {"image_root": image_root}}.get(format.lower(), {})
     path = export_labels(directory, format, out, classes, images, image_ext, progress=True, **options)
     console.print(f"wrote {format} labels: {path}")
+    _emit(format=format, path=path)
 
 
 @app.command("export")
@@ -363,7 +423,9 @@ def export_cmd(
     names and the output's kind (sigmoid for binary models, softmax otherwise). Checked against PyTorch."""
     from weakseg.models.onnx import export_onnx
 
-    console.print(f"wrote {export_onnx(checkpoint, onnx, opset)}")
+    path = export_onnx(checkpoint, onnx, opset)
+    console.print(f"wrote {path}")
+    _emit(onnx=path)
 
 
 @app.command()
@@ -393,6 +455,7 @@ def demo(
     model = load_model(out / "best.pt")
     predict_files(model, files, out / "predictions", cfg.dataset.size, cfg.dataset.fit)
     console.print(f"predictions and overlays: {out / 'predictions'}; training log: {out / 'log.csv'}")
+    _emit(run_dir=out, results=_results(results), predictions=out / "predictions")
 
 
 @experiment_app.command("run")
@@ -427,20 +490,23 @@ def experiment_run(
     rows = run_experiment(spec_obj, data_root, out, only, publish_dir if publish else None, records_dir=records)
     console.print((out / "results.md").read_text())
     console.print(f"{len(rows)} rows in {out / 'results.json'}")
-    _write_report(out)
+    _emit(results=out / "results.json", report=_write_report(out), rows=rows)
 
 
-def _write_report(run_dir: Path, data_root: Path | None = None) -> None:
+def _write_report(run_dir: Path, data_root: Path | None = None) -> Path | None:
     """The run's HTML report (by rank 0 under torchrun); a failure is printed, never fails the command that produced
     the run."""
     if os.environ.get("RANK", "0") != "0":
-        return
+        return None
     from weakseg.report import write_report
 
     try:
-        console.print(f"report: {write_report(run_dir, data_root)}", soft_wrap=True)
+        path = write_report(run_dir, data_root)
     except Exception as err:  # the run itself succeeded
         console.print(f"[yellow]no report ({type(err).__name__}: {err})[/yellow]")
+        return None
+    console.print(f"report: {path}", soft_wrap=True)
+    return path
 
 
 @experiment_app.command("plot")
@@ -457,7 +523,9 @@ def experiment_plot(
 
     if not results.is_file():
         raise DataFileError(results, "results file not found")
-    console.print(f"plot: {plot_results(results, x, y, series, out, stage)}")
+    path = plot_results(results, x, y, series, out, stage)
+    console.print(f"plot: {path}")
+    _emit(plot=path)
 
 
 @app.command("report")
@@ -475,7 +543,9 @@ def report_cmd(
     """Write one self-contained HTML page (opens offline) with the summary table, training curves and pictures."""
     from weakseg.report import write_report
 
-    console.print(f"report: {write_report(run_dir, data_root, out)}", soft_wrap=True)
+    path = write_report(run_dir, data_root, out)
+    console.print(f"report: {path}", soft_wrap=True)
+    _emit(report=path)
 
 
 @app.command("compare")
@@ -507,6 +577,12 @@ def compare_cmd(
             f"  #{row.number} {row.experiment}: {hours_text(row.hours)} h, {metric} {row.mean:.3f}", highlight=False
         )
     console.print(f"written: {out / 'compare.png'}, {out / 'compare.md'}, {out / 'compare.json'}")
+    _emit(
+        table=out / "compare.json",
+        plot=out / "compare.png",
+        left_out=comparison.skipped,
+        **json.loads((out / "compare.json").read_text()),
+    )
 
 
 @bench_app.command("train")
@@ -612,7 +688,9 @@ def list_models_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pat
     """Registered segmentation architectures."""
     from weakseg.models import list_models
 
-    console.print("\n".join(list_models(pattern)))
+    names = list_models(pattern)
+    console.print("\n".join(names))
+    _emit(models=names)
 
 
 @list_app.command("datasets")
@@ -620,7 +698,9 @@ def list_datasets_cmd(pattern: Annotated[str, typer.Argument(help="shell-style p
     """Registered datasets."""
     from weakseg.data import list_datasets
 
-    console.print("\n".join(list_datasets(pattern)))
+    names = list_datasets(pattern)
+    console.print("\n".join(names))
+    _emit(datasets=names)
 
 
 @list_app.command("cams")
@@ -628,7 +708,9 @@ def list_cams_cmd(pattern: Annotated[str, typer.Argument(help="shell-style patte
     """CAM methods."""
     from weakseg.cams import list_cams
 
-    console.print("\n".join(list_cams(pattern)))
+    names = list_cams(pattern)
+    console.print("\n".join(names))
+    _emit(cams=names)
 
 
 @list_app.command("refine")
@@ -636,7 +718,9 @@ def list_refine_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pat
     """Refinement steps for pipelines such as "otsu | grabcut:iters=5 | lcc", with their parameters."""
     from weakseg.refine import get_op, list_ops
 
-    console.print("\n".join(f"{name}: {', '.join(get_op(name).param_names()) or '-'}" for name in list_ops(pattern)))
+    ops = {name: get_op(name).param_names() for name in list_ops(pattern)}
+    console.print("\n".join(f"{name}: {', '.join(params) or '-'}" for name, params in ops.items()))
+    _emit(refine=ops)
 
 
 @list_app.command("generators")
@@ -644,7 +728,9 @@ def list_generators_cmd(pattern: Annotated[str, typer.Argument(help="shell-style
     """Mask generators from box prompts."""
     from weakseg.sources.sam import list_mask_generators
 
-    console.print("\n".join(list_mask_generators(pattern)))
+    names = list_mask_generators(pattern)
+    console.print("\n".join(names))
+    _emit(generators=names)
 
 
 @list_app.command("sources")
@@ -653,7 +739,9 @@ def list_sources_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pa
     import weakseg.methods  # noqa: F401  (registers the built-in sources)
     from weakseg.sources.registry import list_sources
 
-    console.print("\n".join(list_sources(pattern)))
+    names = list_sources(pattern)
+    console.print("\n".join(names))
+    _emit(sources=names)
 
 
 @list_app.command("methods")
@@ -666,6 +754,7 @@ def list_methods_cmd(pattern: Annotated[str, typer.Argument(help="shell-style pa
         for n in list_methods(pattern)
     ]
     console.print("\n".join(lines), highlight=False, soft_wrap=True)
+    _emit(methods={n: METHODS.meta(n).get("description", "") for n in list_methods(pattern)})
 
 
 @list_app.command("exporters")
@@ -673,7 +762,9 @@ def list_exporters_cmd() -> None:
     """Formats weakseg export-labels writes."""
     from weakseg.export import describe_exporter, list_exporters
 
-    console.print("\n".join(f"{name}: {describe_exporter(name)}" for name in list_exporters()), highlight=False)
+    formats = {name: describe_exporter(name) for name in list_exporters()}
+    console.print("\n".join(f"{name}: {text}" for name, text in formats.items()), highlight=False)
+    _emit(exporters=formats)
 
 
 def main() -> None:

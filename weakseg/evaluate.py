@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from weakseg.data.base import SegmentationDataset
 from weakseg.data.prepared import PreparedSplit, iterate_batches
@@ -14,6 +13,7 @@ from weakseg.errors import ConfigError, DataFileError
 from weakseg.io import read_mask
 from weakseg.metrics import ConfusionMatrix
 from weakseg.models.segmenter import Segmenter
+from weakseg.progress import progress_bar
 from weakseg.runtime import autocast
 
 
@@ -53,7 +53,7 @@ def evaluate_model(
     if not use_native and not all(split.labelled):
         missing = [n for n, has in zip(split.names, split.labelled, strict=True) if not has]
         raise ConfigError(f"{len(missing)} image(s) to evaluate on have no mask (e.g. '{missing[0]}')")
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("evaluating", total=len(split))
         for images, masks, index in iterate_batches(split, batch_size, device):
             probs = predict_probabilities(model, images, tta, amp)

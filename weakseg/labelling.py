@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from weakseg import distributed
 from weakseg.budget import click_masks
@@ -44,6 +43,7 @@ from weakseg.identity import CODE_VERSIONS, digest
 from weakseg.io import read_label_image, remove_temporaries, write_json, write_png, write_text
 from weakseg.models import build_model
 from weakseg.pipeline import holdout
+from weakseg.progress import progress_bar
 from weakseg.runtime import pick_device, seed_everything
 from weakseg.sources.sam import build_mask_generator
 from weakseg.train import fit
@@ -130,7 +130,7 @@ def box_masks_for(ds: FolderDataset, settings: LabelSettings, out_dir: Path, pro
         raise ConfigError("boxes need a generator or GrabCut (generator 'none' with grabcut off labels nothing)")
     done: dict[str, list[str]] = {}
     mine = distributed.shard(ds.names)
-    with Progress(disable=not (progress and distributed.is_main()), transient=True) as bar:
+    with progress_bar(progress and distributed.is_main()) as bar:
         task = bar.add_task("masks from boxes", total=len(mine))
         for name in mine:
             bar.advance(task)
@@ -243,7 +243,7 @@ def label_folder(
                 )
 
     rows, predicted, unlabelled = [], 0, []
-    with Progress(disable=not (progress and main), transient=True) as bar:
+    with progress_bar(progress and main) as bar:
         task = bar.add_task("writing masks", total=len(mine))
         for i in mine:
             name = split.names[i]

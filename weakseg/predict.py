@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from weakseg.data.sample import Sample
 from weakseg.data.transforms import fit_sample
@@ -14,6 +13,7 @@ from weakseg.errors import DataFileError
 from weakseg.evaluate import predict_probabilities
 from weakseg.io import IMAGE_EXTENSIONS, list_images, read_image, write_json, write_png
 from weakseg.models.segmenter import Segmenter
+from weakseg.progress import progress_bar
 from weakseg.tiling import predict_tiled
 from weakseg.visualize import overlay
 
@@ -57,7 +57,7 @@ def predict_files(
     device = device or next(model.parameters()).device
     model.eval().to(device)
     written, skipped = [], []
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("predicting", total=len(files))
         for path in files:
             try:

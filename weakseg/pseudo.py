@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from weakseg import distributed
 from weakseg.config import CamConfig
@@ -24,6 +23,7 @@ from weakseg.errors import ConfigError
 from weakseg.identity import CODE_VERSIONS, bytes_digest, digest
 from weakseg.io import remove_temporaries, write_json, write_png
 from weakseg.models.classifier import Classifier
+from weakseg.progress import progress_bar
 from weakseg.refine import Refiner, parse_pipeline
 from weakseg.sources.cam import cam_maps
 from weakseg.visualize import heatmap, overlay, panel
@@ -141,7 +141,7 @@ def pseudo_label_dataset(
     with (
         Refiner(pipeline, workers) as refiner,
         ThreadPoolExecutor(max_workers=2) as readers,
-        Progress(disable=not (progress and distributed.is_main()), transient=False) as bar,
+        progress_bar(progress and distributed.is_main(), transient=False) as bar,
     ):
         task = bar.add_task("pseudo-labels", total=len(mine), completed=skipped)
         for start in range(0, len(todo), chunk):

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch.nn.parallel import DistributedDataParallel
 
 from weakseg import distributed, identity
@@ -44,6 +44,7 @@ from weakseg.metrics import ConfusionMatrix
 from weakseg.models.multihead import MultiHeadSegmenter
 from weakseg.models.multitask import MultiTaskSegmenter
 from weakseg.models.segmenter import Segmenter
+from weakseg.progress import progress_bar
 from weakseg.runtime import autocast, seed_everything
 from weakseg.sources.target import Target
 
@@ -447,14 +448,7 @@ def fit(
         write_csv(log_path, run.history, LOG_FIELDS)
     board = _TensorBoard(out_dir / "tensorboard", enabled=main)
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
-    with Progress(*columns, disable=not (config.progress and main), transient=True) as bar:
+    with progress_bar(config.progress and main, info=True) as bar:
         for epoch in range(run.epochs_done, config.epochs):
             if run.stopped_epoch is not None:  # early stopping ended the run, in this call or an earlier one
                 break

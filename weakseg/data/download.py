@@ -8,10 +8,12 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from weakseg.errors import WeaksegError
 from weakseg.io import atomic_path
+from weakseg.progress import quiet
 
 
 def download_file(url: str, dest: Path) -> Path:
@@ -21,8 +23,15 @@ def download_file(url: str, dest: Path) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=30) as response, atomic_path(dest) as tmp:
             total = int(response.headers.get("Content-Length") or 0) or None
-            columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
-            with Progress(*columns, transient=True) as bar, open(tmp, "wb") as out:
+            columns = (
+                "{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+            )
+            shown = Progress(*columns, transient=True, disable=quiet(), console=Console(stderr=True))
+            with shown as bar, open(tmp, "wb") as out:
                 task = bar.add_task(dest.name, total=total)
                 while chunk := response.read(1 << 20):
                     out.write(chunk)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from weakseg.data.base import SegmentationDataset
 from weakseg.data.sample import IGNORE_INDEX
@@ -18,6 +17,7 @@ from weakseg.data.transforms import Geometry, augment_batch, check_size, fit_sam
 from weakseg.errors import ConfigError
 from weakseg.identity import digest
 from weakseg.io import atomic_path
+from weakseg.progress import progress_bar
 
 CACHE_VERSION = 4  # 2: keyed by the files' fingerprint; splits carry it. 3: checked loaders; skipped items listed
 # 4: clicks, and masks of some images only (``labelled``)
@@ -160,7 +160,7 @@ def prepare(
     already_skipped = len(dataset.skipped)
     with (
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
-        Progress(disable=not progress, transient=True) as bar,
+        progress_bar(progress) as bar,
     ):
         task = bar.add_task(f"preparing {dataset.key or 'dataset'}/{dataset.split}", total=n)
         for source, loaded in enumerate(pool.map(load, range(n))):

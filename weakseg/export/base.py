@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
-from rich.progress import Progress
 
 from weakseg.data.sample import IGNORE_INDEX
 from weakseg.errors import ConfigError, DataFileError
 from weakseg.io import list_images, read_mask
+from weakseg.progress import progress_bar
 from weakseg.registry import Registry
 
 DEFAULT_CLASSES = ("foreground",)
@@ -207,7 +207,7 @@ def export_labels(
         raise ConfigError(f"format '{format}' has no option {', '.join(unknown)}; its options: {accepted or 'none'}")
     labels = collect_masks(directory, classes, images, image_ext)
     out = Path(out) if out is not None else labels.mask_dir.parent / "export" / EXPORTERS.resolve(format)
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"export {format}", total=len(labels))
         labels.on_read = lambda: bar.advance(task)
         return exporter(labels, out, **options)

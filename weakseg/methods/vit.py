@@ -20,7 +20,6 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from rich.progress import Progress
 from torch import nn
 
 from weakseg.cams.vit_attention import ViTAttention
@@ -31,6 +30,7 @@ from weakseg.methods.base import RunContext, StageResult, register_method
 from weakseg.methods.tags import pseudo_stages, refine_split, require_foreground_background
 from weakseg.models.encoders import create_timm_pretrained, load_weights_file, normalization
 from weakseg.models.segmenter import Normalized
+from weakseg.progress import progress_bar
 from weakseg.refine import parse_pipeline
 from weakseg.sources.cam import to_uint8
 from weakseg.sources.store import ArtifactStore
@@ -134,7 +134,7 @@ def vit_maps(
         raise ConfigError(f"method.options of vit: {err}") from err
     with (
         attention,
-        Progress(disable=not progress, transient=True) as bar,
+        progress_bar(progress) as bar,
     ):
         task = bar.add_task("ViT attention maps", total=len(images))
         for start in range(0, len(images), options.batch_size):

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from rich.progress import Progress
 from torch import nn
 
 from weakseg.cams import build_cam, scale_maps, upsample
 from weakseg.config import CamConfig
 from weakseg.errors import ConfigError
+from weakseg.progress import progress_bar
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str] | None) -> list[nn.Module] | None:
@@ -68,7 +68,7 @@ def cam_maps(
     out = torch.empty((len(images), *size), dtype=torch.float32)
     with (
         build_cam(method, model, resolve_layers(model, config.layers)) as cam,
-        Progress(disable=not progress, transient=True) as bar,
+        progress_bar(progress) as bar,
     ):
         task = bar.add_task(f"{method} maps", total=len(images))
         for start in range(0, len(images), config.batch_size):

@@ -31,7 +31,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from rich.progress import Progress
 from torch import nn
 
 from weakseg.cams.base import scale_maps, upsample
@@ -50,6 +49,7 @@ from weakseg.models.encoders import (
     normalization,
 )
 from weakseg.models.segmenter import Normalized
+from weakseg.progress import progress_bar
 from weakseg.runtime import seed_everything
 
 CCAM_VERSION = 1
@@ -342,7 +342,7 @@ def train_ccam(
         with atomic_path(out_path) as tmp:
             torch.save(state, tmp)
 
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress) as bar:
         for epoch in range(start, options.epochs):
             _train_mode(model, frozen)
             order = torch.randperm(len(split), generator=generator).tolist()
@@ -432,7 +432,7 @@ def ccam_maps(
         z = model.logits(model.features(x))[:, 0]
         return upsample(z.relu() if readout == "relu" else torch.sigmoid(z), size)
 
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("C-CAM maps", total=len(images))
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device).float().div_(255)

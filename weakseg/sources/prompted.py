@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 
 from weakseg.data.base import SegmentationDataset
 from weakseg.data.sample import IGNORE_INDEX, Sample
 from weakseg.data.transforms import fit_sample
+from weakseg.progress import progress_bar
 from weakseg.sources.boxes import boxes_from_mask
 from weakseg.sources.sam import CachedMaskGenerator, MaskGenerator
 
@@ -31,7 +31,7 @@ def prompted_masks(
     index = {n: i for i, n in enumerate(dataset.names)}
     cached = CachedMaskGenerator(generator, cache_dir)
     out = torch.full((len(names), size, size), IGNORE_INDEX, dtype=torch.uint8)
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"{generator.name} masks", total=len(names))
         for j, name in enumerate(names):
             sample = dataset[index[name]]
