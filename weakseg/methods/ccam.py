@@ -18,21 +18,18 @@ differ only in refinement reuse the model and the maps. Settings: ``method.optio
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from weakseg.classify import is_multilabel
 from weakseg.data.prepared import PreparedSplit
-from weakseg.data.sample import negative_images
 from weakseg.errors import ConfigError
-from weakseg.identity import CODE_VERSIONS, digest
+from weakseg.identity import digest
 from weakseg.methods.base import RunContext, StageResult, register_method
 from weakseg.methods.tags import (
     classifier_ident,
     pseudo_stages,
-    refine_split,
     require_foreground_background,
+    stored_pseudo_masks,
     tag_classifier,
 )
 from weakseg.refine import parse_pipeline
@@ -128,23 +125,7 @@ def ccam_pseudo_labels(ctx: RunContext, options: CCAMOptions) -> tuple[torch.Ten
     info = {k: recorded[k] for k in INFO if k in recorded}
     if options.uses_tags:
         ctx.ledger.record("train", "tags", {n: len(t) for n, t in zip(split.names, split.labels, strict=True)})
-    pipeline = parse_pipeline(ctx.config.method.refine)
-    refine_ident = {
-        "maps": ident,
-        "refine": str(pipeline),
-        "size": ctx.config.method.refine_size,
-        "code": CODE_VERSIONS["refine"],
-    }
-
-    def refine() -> torch.Tensor:
-        masks = refine_split(ctx, split, soft, pipeline)
-        if options.uses_tags:
-            masks[torch.tensor(negative_images(split.labels, split.tag_classes), dtype=torch.bool)] = 0
-        return masks
-
-    masks = store.tensor("pseudo", refine_ident, refine)
-    seconds = store.info("pseudo", refine_ident).get("seconds")
-    info["refine_images_per_s"] = len(split) / seconds if seconds else math.nan
+    masks, info["refine_images_per_s"] = stored_pseudo_masks(ctx, soft, ident, negatives=options.uses_tags)
     return soft, masks, info
 
 

@@ -91,12 +91,22 @@ def soft_maps(ctx: RunContext, method: str) -> tuple[torch.Tensor, dict]:
 def pseudo_labels(ctx: RunContext, method: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(soft maps uint8, pseudo-masks uint8 0/1, info) for every image of the training split; an image tagged
     ``none`` (a negative) is all background whatever the refinement."""
+    soft, info = soft_maps(ctx, method)
+    masks, info["refine_images_per_s"] = stored_pseudo_masks(ctx, soft, cam_ident(ctx, method), negatives=True)
+    return soft, masks, info
+
+
+def stored_pseudo_masks(
+    ctx: RunContext, soft: torch.Tensor, maps_ident: dict, negatives: bool
+) -> tuple[torch.Tensor, float]:
+    """(pseudo-masks uint8 0/1, refinement images/s) for the training split, refined from its soft maps by
+    ``method.refine`` and stored under the maps' identity; with ``negatives``, an image tagged ``none`` is all
+    background whatever the refinement."""
     store = ArtifactStore(ctx.shared_dir)
     split = ctx.train_full
-    soft, info = soft_maps(ctx, method)
     pipeline = parse_pipeline(ctx.config.method.refine)
-    refine_ident = {
-        "maps": cam_ident(ctx, method),
+    ident = {
+        "maps": maps_ident,
         "refine": str(pipeline),
         "size": ctx.config.method.refine_size,
         "code": CODE_VERSIONS["refine"],
@@ -104,13 +114,13 @@ def pseudo_labels(ctx: RunContext, method: str) -> tuple[torch.Tensor, torch.Ten
 
     def refine() -> torch.Tensor:
         masks = refine_split(ctx, split, soft, pipeline)
-        masks[torch.tensor(negative_images(split.labels, split.tag_classes), dtype=torch.bool)] = 0
+        if negatives:
+            masks[torch.tensor(negative_images(split.labels, split.tag_classes), dtype=torch.bool)] = 0
         return masks
 
-    masks = store.tensor("pseudo", refine_ident, refine)
-    seconds = store.info("pseudo", refine_ident).get("seconds")
-    info["refine_images_per_s"] = len(split) / seconds if seconds else float("nan")
-    return soft, masks, info
+    masks = store.tensor("pseudo", ident, refine)
+    seconds = store.info("pseudo", ident).get("seconds")
+    return masks, len(split) / seconds if seconds else float("nan")
 
 
 def refine_split(ctx: RunContext, split: PreparedSplit, soft: torch.Tensor, pipeline: RefinePipeline) -> torch.Tensor:

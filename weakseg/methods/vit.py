@@ -27,7 +27,7 @@ from weakseg.config import MethodConfig
 from weakseg.errors import ConfigError, WeightsUnavailableError
 from weakseg.identity import CODE_VERSIONS, digest, file_digest
 from weakseg.methods.base import RunContext, StageResult, register_method
-from weakseg.methods.tags import pseudo_stages, refine_split, require_foreground_background
+from weakseg.methods.tags import pseudo_stages, require_foreground_background, stored_pseudo_masks
 from weakseg.models.encoders import create_timm_pretrained, load_weights_file, normalization
 from weakseg.models.segmenter import Normalized
 from weakseg.progress import progress_bar
@@ -175,18 +175,7 @@ def vit_to_segmenter(ctx: RunContext) -> list[StageResult]:
         return to_uint8(vit_maps(model, split.images, options, ctx.device, ctx.progress))
 
     soft = store.tensor("vit", ident, compute_maps)
-    pipeline = parse_pipeline(ctx.config.method.refine)
-    refine_ident = {
-        "maps": ident,
-        "refine": str(pipeline),
-        "size": ctx.config.method.refine_size,
-        "code": CODE_VERSIONS["refine"],
-    }
-    masks = store.tensor("pseudo", refine_ident, lambda: refine_split(ctx, split, soft, pipeline))
-    seconds = store.info("pseudo", refine_ident).get("seconds")
-    info = {
-        "refine_images_per_s": len(split) / seconds if seconds else float("nan"),
-        "vit_random_weights": int(options.weights in RANDOM),
-    }
-    key = {"pseudo": digest({"method": "vit", "maps": ident, "refine": str(pipeline)})}
+    masks, images_per_s = stored_pseudo_masks(ctx, soft, ident, negatives=False)
+    info = {"refine_images_per_s": images_per_s, "vit_random_weights": int(options.weights in RANDOM)}
+    key = {"pseudo": digest({"method": "vit", "maps": ident, "refine": str(parse_pipeline(ctx.config.method.refine))})}
     return pseudo_stages(ctx, soft, masks, info, key, ["vit_random_weights"], soft_name="attention")

@@ -8,13 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from weakseg.errors import ConfigError, WeightsUnavailableError
+from weakseg.errors import ConfigError
 from weakseg.models.encoders import (
-    BUNDLED,
     OFFLINE_ENCODER,
-    create_timm_pretrained,
-    full_timm_state_dict,
-    load_weights_file,
+    build_with_weights,
     normalization,
     read_checkpoint,
 )
@@ -77,24 +74,9 @@ def build_classifier(
     weights = None if weights in (None, "none", "None", "") else weights
 
     def make(pretrained: bool) -> nn.Module:
-        try:
-            return timm.create_model(encoder, pretrained=pretrained, num_classes=classes, drop_rate=drop_rate)
-        except RuntimeError as err:
-            if "Unknown model" in str(err) or "Invalid model" in str(err):
-                raise ConfigError(f"unknown timm model '{encoder}'") from err
-            raise
+        return timm.create_model(encoder, pretrained=pretrained, num_classes=classes, drop_rate=drop_rate)
 
-    if weights == "imagenet" and encoder not in BUNDLED:
-        net = create_timm_pretrained(lambda: make(True), encoder)
-    else:
-        net = make(False)
-        if weights == "imagenet":
-            state = {k: v for k, v in full_timm_state_dict(encoder).items() if not k.startswith("classifier.")}
-            missing = net.load_state_dict(state, strict=False).missing_keys
-            if any(not k.startswith("classifier.") for k in missing):
-                raise WeightsUnavailableError(f"bundled '{encoder}' weights lack {missing[:3]}")
-        elif weights is not None:
-            load_weights_file(net, weights)
+    net = build_with_weights(make, encoder, weights, skip="classifier.")
     head = net.get_classifier()
     if isinstance(head, nn.Linear):  # timm's EfficientNet head init (range 1/sqrt(classes)) is far too wide
         nn.init.normal_(head.weight, std=0.01)  # for a few classes: start near uniform predictions

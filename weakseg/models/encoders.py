@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from weakseg.errors import WeightsUnavailableError
+from weakseg.errors import ConfigError, WeightsUnavailableError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,14 +81,15 @@ def full_timm_state_dict(encoder: str) -> dict[str, torch.Tensor]:
     return renamed
 
 
-def load_bundled(module: nn.Module, encoder: str) -> None:
-    """Load bundled ImageNet weights into a timm model or features-only model (matching keys by name)."""
+def load_bundled(module: nn.Module, encoder: str, skip: str | None = None) -> None:
+    """Load bundled ImageNet weights into a timm model or features-only model (matching keys by name); keys
+    starting with ``skip`` (a fresh head) keep their initialisation."""
     weights = full_timm_state_dict(encoder)
-    own = module.state_dict()
+    own = [k for k in module.state_dict() if skip is None or not k.startswith(skip)]
     missing = [k for k in own if k not in weights]
     if missing:
         raise WeightsUnavailableError(f"bundled '{encoder}' weights lack {missing[:3]}")
-    module.load_state_dict({k: weights[k] for k in own})
+    module.load_state_dict({k: weights[k] for k in own}, strict=skip is None)
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -143,6 +144,36 @@ def load_weights_file(module: nn.Module, path: str | Path) -> None:
     result = module.load_state_dict(read_state_dict(path), strict=False)
     if len(result.missing_keys) == len(module.state_dict()):
         raise WeightsUnavailableError(f"no tensor in '{path}' matches the encoder")
+
+
+def build_with_weights(
+    make: Callable[[bool], nn.Module],
+    encoder: str,
+    weights: str | None,
+    part: Callable[[nn.Module], nn.Module] = lambda net: net,
+    skip: str | None = None,
+) -> nn.Module:
+    """``make(pretrained)`` a timm-based module and give it ``weights``: ``imagenet`` (bundled offline for
+    EfficientNet-Lite0..2, the hub otherwise), ``None``, or a state-dict path; bundled and file weights go into
+    ``part(net)`` (the encoder of a segmenter), bundled keys under ``skip`` excepted. An unknown timm name is a
+    :class:`ConfigError`."""
+
+    def create(pretrained: bool) -> nn.Module:
+        try:
+            return make(pretrained)
+        except (RuntimeError, KeyError) as err:
+            if "Unknown model" in str(err) or "Invalid model" in str(err):
+                raise ConfigError(f"unknown timm encoder '{encoder}'") from err
+            raise
+
+    if weights == "imagenet" and encoder not in BUNDLED:
+        return create_timm_pretrained(lambda: create(True), encoder)
+    net = create(False)
+    if weights == "imagenet":
+        load_bundled(part(net), encoder, skip)
+    elif weights is not None:
+        load_weights_file(part(net), weights)
+    return net
 
 
 def read_checkpoint(path: str | Path, spec_key: str, map_location: str | torch.device = "cpu") -> dict:

@@ -11,11 +11,8 @@ from torch import nn
 
 from weakseg.errors import ConfigError
 from weakseg.models.encoders import (
-    BUNDLED,
     OFFLINE_ENCODER,
-    create_timm_pretrained,
-    load_bundled,
-    load_weights_file,
+    build_with_weights,
     normalization,
     read_checkpoint,
 )
@@ -68,22 +65,10 @@ def build_model(
 
     aux = {"aux_params": {"classes": int(tags), "dropout": 0.2, "pooling": "avg"}} if tags else {}
 
-    def make(encoder_weights: bool | None) -> nn.Module:
-        try:
-            return factory(f"tu-{encoder}", encoder_weights, out_channels, **kwargs, **aux)
-        except (RuntimeError, KeyError) as err:
-            if "Unknown model" in str(err) or "Invalid model" in str(err):
-                raise ConfigError(f"unknown timm encoder '{encoder}'") from err
-            raise
+    def make(pretrained: bool) -> nn.Module:  # smp: True = timm's pretrained tag, None = random
+        return factory(f"tu-{encoder}", True if pretrained else None, out_channels, **kwargs, **aux)
 
-    if weights == "imagenet" and encoder not in BUNDLED:
-        net = create_timm_pretrained(lambda: make(True), encoder)  # smp: True = timm pretrained tag
-    else:
-        net = make(None)
-        if weights == "imagenet":
-            load_bundled(net.encoder.model, encoder)
-        elif weights is not None:
-            load_weights_file(net.encoder.model, weights)
+    net = build_with_weights(make, encoder, weights, part=lambda net: net.encoder.model)
     mean, std = normalization(encoder)
     spec = {"arch": arch, "encoder": encoder, "classes": classes, "mode": mode, **kwargs}
     if tags:

@@ -41,11 +41,8 @@ from weakseg.errors import ConfigError, TrainingDivergedError
 from weakseg.identity import digest
 from weakseg.io import atomic_path
 from weakseg.models.encoders import (
-    BUNDLED,
     OFFLINE_ENCODER,
-    create_timm_pretrained,
-    load_bundled,
-    load_weights_file,
+    build_with_weights,
     normalization,
 )
 from weakseg.models.segmenter import Normalized
@@ -190,21 +187,9 @@ def build_ccam(
     weights = None if weights in (None, "none", "None", "") or init_from is not None else weights
 
     def make(pretrained: bool) -> nn.Module:
-        try:
-            return timm.create_model(encoder, pretrained=pretrained, features_only=True, out_indices=(-2, -1))
-        except RuntimeError as err:
-            if "Unknown model" in str(err) or "Invalid model" in str(err):
-                raise ConfigError(f"unknown timm model '{encoder}'") from err
-            raise
+        return timm.create_model(encoder, pretrained=pretrained, features_only=True, out_indices=(-2, -1))
 
-    if weights == "imagenet" and encoder not in BUNDLED:
-        net = create_timm_pretrained(lambda: make(True), encoder)
-    else:
-        net = make(False)
-        if weights == "imagenet":
-            load_bundled(net, encoder)
-        elif weights is not None:
-            load_weights_file(net, weights)
+    net = build_with_weights(make, encoder, weights)
     if init_from is not None:
         source = init_from.state_dict()
         missing = [k for k in net.state_dict() if k not in source]
