@@ -119,3 +119,35 @@ def test_onnx_segmenter_errors_are_one_line(exported, tmp_path):
     deployed.input_multiple = 32  # as for an architecture that needs multiples of its output stride
     with pytest.raises(ConfigError, match="multiples of 32"):
         deployed(torch.rand(1, 3, 50, 64))
+
+
+def test_evaluate_scores_the_onnx_file_as_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr("weakseg.runtime.pick_device", lambda name="auto": torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model("unet", ENCODER, weights=None, classes=2, mode="binary").eval()
+    with torch.no_grad():  # centre the random logits so that it predicts some foreground and some background
+        model.net.segmentation_head[0].bias -= model(torch.rand(2, 3, 64, 64)).median()
+    checkpoint, path = tmp_path / "binary.pt", tmp_path / "binary.onnx"
+    meta = {"size": 64, "fit": "resize", "mask_classes": ["background", "foreground"]}
+    save_checkpoint(checkpoint, model, epoch=0, score=0.5, digest="test", meta=meta)
+    weakseg.export_onnx(checkpoint, path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for i, (h, w) in enumerate([(64, 64), (70, 50), (90, 120)]):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 2)
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4 : 3 * h // 4, w // 5 : w // 2] = 255
+        cv2.imwrite(str(tmp_path / "images" / f"im{i}.png"), image)
+        cv2.imwrite(str(tmp_path / "masks" / f"im{i}.png"), mask)
+    metrics = {}
+    for model in (checkpoint, path):
+        out = tmp_path / f"{model.suffix[1:]}.json"
+        args = ["evaluate", "--checkpoint", str(model), "--dataset", "folder", "--root", str(tmp_path)]
+        result = CliRunner().invoke(app, [*args, "--split", "all", "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        metrics[model.suffix] = json.loads(out.read_text())
+    pt, onnx_ = metrics[".pt"], metrics[".onnx"]
+    assert 0.05 < pt["iou"] < 0.95  # neither all right nor all wrong, so a mismatch would show
+    for key in ("iou", "dice", "accuracy", "miou_per_image"):
+        assert onnx_[key] == pytest.approx(pt[key], abs=1e-3)

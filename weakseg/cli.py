@@ -145,7 +145,9 @@ def train(
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path | None, typer.Option(help="Model checkpoint (best.pt) to score.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model checkpoint (best.pt) or ONNX model (.onnx) to score.")
+    ] = None,
     pred_dir: Annotated[Path | None, typer.Option(help="Folder of predicted PNG masks to score instead.")] = None,
     dataset: Annotated[str, typer.Option(help="Dataset name (oxford_pet, kvasir, folder).")] = "oxford_pet",
     root: Annotated[Path, typer.Option(help="Dataset root folder.")] = Path("oxford-iiit-pet-subset"),
@@ -154,8 +156,9 @@ def evaluate(
     download: Annotated[bool, typer.Option(help="Fetch the dataset's official archive if it is missing.")] = False,
     on_error: OnError = "raise",
 ) -> None:
-    """Score a checkpoint or a folder of masks against a dataset's ground truth (native resolution). With
-    --on-error skip, images with bad files are left out and listed in skipped.json (beside --json, else here)."""
+    """Score a checkpoint (.pt or .onnx) or a folder of masks against a dataset's ground truth (native
+    resolution). With --on-error skip, images with bad files are left out and listed in skipped.json (beside
+    --json, else here)."""
     from weakseg.data import build_dataset
     from weakseg.evaluate import evaluate_mask_folder, evaluate_model
     from weakseg.io import write_json
@@ -168,13 +171,12 @@ def evaluate(
         metrics = evaluate_mask_folder(pred_dir, ds)
     else:
         from weakseg.data.prepared import prepare
-        from weakseg.models import checkpoint_meta, load_model
+        from weakseg.models.onnx import load_for_inference
         from weakseg.runtime import configure_threads, pick_device
 
         configure_threads()
-        device = pick_device()
-        meta = checkpoint_meta(checkpoint)
-        model = load_model(checkpoint).to(device)
+        model, meta = load_for_inference(checkpoint, pick_device())
+        device = next(model.parameters()).device
         prepared = prepare(ds, meta.get("size", 160), meta.get("fit", "resize"), keep_native=True)
         metrics = evaluate_model(model, prepared, device, progress=True)
         ds.skipped[:] = prepared.skipped  # also when the prepared split came from the cache
@@ -207,20 +209,13 @@ def predict(
 ) -> None:
     """Predict masks (PNG, class indices at native resolution) and overlay pictures for images. An .onnx model
     runs with ONNX Runtime and needs nothing else (size, fit and classes are in its metadata)."""
-    from weakseg.models import checkpoint_meta, load_model
+    from weakseg.models.onnx import load_for_inference
     from weakseg.predict import collect_inputs, predict_files
     from weakseg.runtime import configure_threads, pick_device
 
     configure_threads()
     files = collect_inputs(inputs)
-    if checkpoint.suffix.lower() == ".onnx":
-        from weakseg.models.onnx import OnnxSegmenter
-
-        model = OnnxSegmenter(checkpoint)
-        meta = model.meta
-    else:
-        meta = checkpoint_meta(checkpoint)
-        model = load_model(checkpoint).to(pick_device())
+    model, meta = load_for_inference(checkpoint, pick_device())
     size, fit, policy = meta.get("size", 160), meta.get("fit", "resize"), _on_error(on_error)
     tiling = {"tile": tile, "overlap": overlap}
     written = predict_files(model, files, out, size, fit, overlays=overlays, on_error=policy, **tiling)

@@ -147,3 +147,12 @@ class OnnxSegmenter(Segmenter):
                 f"multiples of {self.input_multiple}"
             )
         return self.net(images)
+
+
+def load_for_inference(path: str | Path, device: torch.device) -> tuple[Segmenter, dict[str, Any]]:
+    """(model, meta) from a training checkpoint (``best.pt``, put on ``device``) or an exported ``.onnx`` file
+    (run by ONNX Runtime): what ``weakseg predict`` and ``weakseg evaluate`` score with."""
+    if Path(path).suffix.lower() == ".onnx":
+        model = OnnxSegmenter(path)
+        return model, model.meta
+    return load_model(path).to(device), checkpoint_meta(path)
