@@ -91,8 +91,12 @@ def test_experiment_report_is_self_contained_with_every_row_and_curves(experimen
     results = json.loads((experiment_dir / "results.json").read_text())
     settings = {json.dumps({k: v for k, v in r["setting"].items() if k != "stage"}) for r in results["rows"]}
     logged = [s for s in settings if any(f.glob("seed*/log.csv") for f in row_folders(experiment_dir, json.loads(s)))]
-    assert len(page.sources) == len(logged) + 1 and len(logged) >= 5  # a curve per run with a log, and the example
+    plots = sorted(p.stem for p in experiment_dir.glob("plot-*.png"))  # written next to results.json
+    assert plots == ["plot-coverage", "plot-rows"]
+    # a curve per run with a log, the example, and the plots
+    assert len(page.sources) == len(logged) + 1 + len(plots) and len(logged) >= 5
     assert 'alt="source_examples.png"' in path.read_text()
+    assert all(f'alt="{name}"' in path.read_text() for name in plots)
     text = " ".join(page.cells)
     for row in results["rows"]:  # every row, with each of its main metrics
         shown = [k for k in row["metrics"] if k.split(".")[-1] in SUMMARY_METRICS]
@@ -203,3 +207,54 @@ def test_report_renders_in_headless_chromium(experiment_dir: Path, tmp_path: Pat
     assert not errors, errors
     shot = np.asarray(Image.open(screenshot).convert("RGB"), np.float32)
     assert shot.shape[:2] == (2000, 1280) and shot.var() > 10
+
+
+def _stat(mean: float, std: float = 0.01) -> dict[str, float]:
+    return {"mean": mean, "std": std, "n": 3}
+
+
+def self_training_results() -> dict:
+    """Results of a self-training study: 2 losses x 3 rounds, a pseudo and a final row each (mIoU)."""
+    rows = []
+    for loss, base in (("ce", 0.6), ("focal", 0.5)):
+        for r in range(3):
+            for stage, shift in (("pseudo", -0.1), ("final", 0.0)):
+                setting = {"loss": loss, "round": r, "stage": stage}
+                rows.append({"setting": setting, "metrics": {"miou": _stat(base + shift + 0.05 * r)}})
+    return {"experiment": "selftrain-study", "rows": rows}
+
+
+def test_rounds_figure_draws_each_setting_and_stage_per_round() -> None:
+    from weakseg.experiments.plot import rounds_figure
+
+    figure = rounds_figure(self_training_results(), "miou")
+    drawn = {c.get_label(): c.lines[0].get_data() for c in figure.axes[0].containers}
+    assert sorted(drawn) == ["loss=ce (final)", "loss=ce (pseudo)", "loss=focal (final)", "loss=focal (pseudo)"]
+    xs, ys = drawn["loss=focal (pseudo)"]
+    assert list(xs) == [0, 1, 2] and np.allclose(ys, [0.4, 0.45, 0.5])
+    assert np.allclose(drawn["loss=ce (final)"][1], [0.6, 0.65, 0.7])
+
+
+def test_rows_figure_bars_are_the_row_means_top_down() -> None:
+    from weakseg.experiments.plot import rows_figure
+
+    data = self_training_results()
+    figure = rows_figure(data, "miou")
+    axes = figure.axes[0]
+    bars = sorted(axes.patches, key=lambda bar: -bar.get_y())  # top first
+    final = [r for r in data["rows"] if r["setting"]["stage"] == "final"]
+    assert np.allclose([bar.get_width() for bar in bars], [r["metrics"]["miou"]["mean"] for r in final])
+    ticks = sorted(zip(axes.get_yticks(), axes.get_yticklabels(), strict=True), key=lambda tick: -tick[0])
+    labels = [label.get_text() for _, label in ticks]  # top first
+    assert labels[0] == "loss=ce, round=0" and labels[-1] == "loss=focal, round=2"
+
+
+def test_result_figures_fit_the_experiment(tmp_path: Path) -> None:
+    from weakseg.experiments.plot import result_figures
+
+    written = result_figures(self_training_results(), tmp_path)
+    assert [p.name for p in written] == ["plot-rounds.png", "plot-rows.png"]  # no axis for 'round' as a budget
+    for path in written:
+        assert Image.open(path).format == "PNG"
+    one_row = {"experiment": "x", "rows": [{"setting": {"stage": "final"}, "metrics": {"iou": _stat(0.5)}}]}
+    assert result_figures(one_row, tmp_path / "one") == []

@@ -182,6 +182,12 @@ def _experiment_body(run_dir: Path) -> tuple[str, str]:
     ]
     body = ["<h2>Summary</h2>", '<p class="caption">mean ± std over seeds</p>']
     body.append(_table([*keys, "seeds", *metrics, "labels consumed"], table_rows))
+    from weakseg.experiments.plot import result_figures
+
+    figures = result_figures(results, run_dir)  # also kept as PNG files next to results.json
+    if figures:
+        body.append("<h2>Plots</h2>")
+        body.extend(_img(png_data_uri(path.read_bytes()), path.stem) for path in figures)
     body.append("<h2>Runs</h2>")
     runs: dict[str, tuple[dict[str, Any], list[int]]] = {}  # the stages of a row share its run folders
     for row in rows:
