@@ -305,9 +305,10 @@ def test_a_setting_added_at_its_neutral_value_keeps_the_keys_of_recorded_runs():
 
     config = RunConfig()
     key = run_key(config, {"trainval": "x"})
-    # recorded before train.cpu_amp and the selftrain settings existed: the same dump without those settings
+    # recorded before train.cpu_amp, train.workers and the selftrain settings existed: the same dump without them
     before = config.model_dump(exclude={"train": {"progress"}})
-    neutral = ("train.cpu_amp", "method.rounds", "method.regenerate", "method.restart", "method.tag_weight")
+    neutral = ("train.cpu_amp", "train.workers", "method.rounds", "method.regenerate", "method.restart")
+    neutral += ("method.tag_weight",)
     for path in (*neutral, "dataset.on_error", "budget.source"):
         section, name = path.split(".")
         del before[section][name]

@@ -185,6 +185,12 @@ class TrainConfig(Section):
         "2x faster on CPUs with AVX-512 BF16 or AMX, slower on others",
     )
     device: str = "auto"
+    workers: int = Field(
+        0,
+        ge=0,
+        description="processes that read and flip the training batches ahead (a torch DataLoader) while the model "
+        "trains; 0: read in the training process. The batches, and so the results, are the same either way",
+    )
     eval_batch_size: int = Field(32, ge=1)
     tta: list[str] = Field(default_factory=list)
     progress: bool = True

@@ -46,7 +46,7 @@ def evaluate_model(
     model.eval().to(memory_format=torch.channels_last)
     cm = ConfusionMatrix(len(split.mask_classes))
     use_native = native and split.native_masks is not None
-    if split.masks is None and not use_native:
+    if split.mask_rows is None and not use_native:
         raise ValueError("this split has no ground-truth masks to evaluate against")
     if not len(split):
         raise ConfigError("nothing to evaluate: the split holds no images")

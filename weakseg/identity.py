@@ -28,6 +28,7 @@ run and artefact it made is made again."""
 
 NEUTRAL_SETTINGS: dict[str, Any] = {
     "train.cpu_amp": False,
+    "train.workers": 0,
     "method.rounds": 3,
     "method.regenerate": "cam",
     "method.restart": False,
