@@ -35,6 +35,9 @@ NEUTRAL_SETTINGS: dict[str, Any] = {
     "method.tag_weight": 1.0,
     "dataset.on_error": "raise",
     "budget.source": "simulated",
+    "dataset.tile": None,
+    "dataset.tile_overlap": 0,
+    "train.eval_overlap": 64,
 }
 """Config settings added after runs were recorded, at the value that reproduces what those runs did: a run key
 leaves a setting out while it has this value, so adding a setting does not re-run every finished run. A new

@@ -63,7 +63,7 @@ class TrainResult:
 def config_digest(config: TrainConfig, extra: dict[str, Any] | None = None) -> str:
     """Identifies a training setup, so a resume never continues a different run. ``epochs`` and ``early_stop``
     only say when to stop, not how to train: a run may be extended, or its stopping rule changed."""
-    exclude = {"epochs", "early_stop", "progress", "device", "eval_batch_size", "tta", "workers"}
+    exclude = {"epochs", "early_stop", "progress", "device", "eval_batch_size", "eval_overlap", "tta", "workers"}
     ident = config.model_dump(exclude=exclude) | (extra or {})
     return identity.digest(ident)
 

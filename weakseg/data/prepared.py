@@ -4,6 +4,12 @@ A cache entry is a folder: ``images.npy`` (N, 3, S, S) and ``masks.npy`` (N, S, 
 masks (``native.bin`` + ``native.npy``) when kept, and ``meta.pt`` with the per-image metadata. Preparation writes
 each image's rows as it is decoded, and training reads the rows of one batch at a time (:mod:`weakseg.data.store`),
 so neither holds the split's pixels in memory, however many images it has.
+
+Large images (``tile``): instead of being fitted to S x S, each image is cut at native resolution into S x S tiles
+(:func:`weakseg.data.tiles.tile_sample`: zero padding at the right / bottom borders, mask padding ignored), and
+each tile is one row, named ``<image>@<y>,<x>``, with its :class:`~weakseg.data.tiles.TileOrigin` in
+``origins``. The tiles of an image reassemble it exactly (:meth:`PreparedSplit.assemble`), so a tiled split also
+serves scoring at native resolution by sliding windows, without native masks of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from weakseg.data.base import SegmentationDataset
+from weakseg.data.sample import Sample
 from weakseg.data.store import (
     NativeMasks,
     RowFile,
@@ -31,6 +38,7 @@ from weakseg.data.store import (
     TemporaryFolder,
     as_rows,
 )
+from weakseg.data.tiles import TileOrigin, assemble, check_tiling, tile_sample
 from weakseg.data.transforms import Geometry, apply_flips, check_size, draw_flips, fit_sample
 from weakseg.errors import ConfigError
 from weakseg.identity import digest
@@ -63,6 +71,10 @@ class PreparedSplit:
     ``fingerprint``: :meth:`SegmentationDataset.fingerprint` of the files the split was prepared from.
     ``skipped``: items left out because their files are bad (``on_error='skip'``): ``{split, name, file,
     reason}``, in the dataset's order; not carried by :meth:`subset`.
+
+    ``origins``: for a tiled split (rows are tiles of larger images, see the module notes), each row's
+    :class:`~weakseg.data.tiles.TileOrigin`; None when each row is a whole image. Then ``geometry`` maps a row to
+    its own part inside the image (the padding cut off, no resizing) and ``labels`` are the image's tags.
     """
 
     def __init__(
@@ -80,6 +92,7 @@ class PreparedSplit:
         skipped: list[dict[str, str]] | None = None,
         labelled: list[bool] | None = None,
         points: list[np.ndarray] | None = None,
+        origins: list[TileOrigin] | None = None,
     ):
         self.names = names
         self.image_rows: Rows = as_rows(images)
@@ -94,6 +107,9 @@ class PreparedSplit:
         self.skipped = list(skipped) if skipped else []
         self.labelled = list(labelled) if labelled else [masks is not None] * len(names)
         self.points = list(points) if points else [np.zeros((0, 3), np.float32) for _ in names]
+        self.origins = list(origins) if origins is not None else None
+        if self.origins is not None and len(self.origins) != len(names):
+            raise ValueError(f"{len(self.origins)} tile origins for {len(names)} rows")
 
     @property
     def images(self) -> torch.Tensor:
@@ -112,6 +128,34 @@ class PreparedSplit:
     @masks.setter
     def masks(self, value: torch.Tensor | RowSource | None) -> None:
         self.mask_rows = None if value is None else _rows(value)
+
+    @property
+    def tiled(self) -> bool:
+        """Whether the rows are tiles of larger images (``origins``) rather than whole images."""
+        return self.origins is not None
+
+    @property
+    def image_of(self) -> list[str]:
+        """Per row, the name of the image it shows: its tile's image, or its own name for a whole image."""
+        return list(self.names) if self.origins is None else [o.image for o in self.origins]
+
+    def rows_by_image(self) -> dict[str, list[int]]:
+        """The rows of each image, images in the order of their first row (one row each when not tiled)."""
+        out: dict[str, list[int]] = {}
+        for row, image in enumerate(self.image_of):
+            out.setdefault(image, []).append(row)
+        return out
+
+    def assemble(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The whole image (H, W, 3) uint8 at native resolution and its mask (H, W) from the tile ``rows`` of one
+        image of a tiled split (:meth:`rows_by_image`); the mask is None when the split has none. Reads just those
+        rows: memory is one image, whatever the split's size."""
+        if self.origins is None:
+            raise ValueError("assemble needs a tiled split (rows that are tiles of larger images)")
+        index = list(rows)
+        images = self.image_rows.take(index).numpy()
+        masks = None if self.mask_rows is None else self.mask_rows.take(index).numpy()
+        return assemble([self.origins[i] for i in index], images, masks)
 
     @property
     def labelled_names(self) -> list[str]:
@@ -159,6 +203,7 @@ class PreparedSplit:
             fingerprint=self.fingerprint,
             labelled=[self.labelled[i] for i in idx],
             points=[self.points[i] for i in idx],
+            origins=None if self.origins is None else [self.origins[i] for i in idx],
         )
 
     def with_masks(self, masks: torch.Tensor | Rows) -> PreparedSplit:
@@ -185,6 +230,7 @@ class PreparedSplit:
             fingerprint=self.fingerprint,
             labelled=[True] * len(self),
             points=list(self.points),
+            origins=self.origins,
         )
         return out
 
@@ -199,7 +245,15 @@ def _is_option(value: object) -> bool:
     return isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value))
 
 
-def _cache_key(dataset: SegmentationDataset, size: int, fit: str, keep_native: bool, files: str) -> str:
+def _cache_key(
+    dataset: SegmentationDataset,
+    size: int,
+    fit: str,
+    keep_native: bool,
+    files: str,
+    tile: int | None = None,
+    tile_overlap: int = 0,
+) -> str:
     ident = {
         "v": CACHE_VERSION,
         "dataset": type(dataset).__name__,
@@ -212,6 +266,8 @@ def _cache_key(dataset: SegmentationDataset, size: int, fit: str, keep_native: b
         "files": files,
         "options": {k: v for k, v in vars(dataset).items() if k not in ("names", "_skipped") and _is_option(v)},
     }
+    if tile is not None:  # tiles at native resolution: no size to fit to, no native masks (the tiles are native)
+        ident |= {"size": tile, "fit": None, "native": False, "tile": tile, "tile_overlap": tile_overlap}
     return digest(ident, 20)
 
 
@@ -219,7 +275,7 @@ def _cache_key(dataset: SegmentationDataset, size: int, fit: str, keep_native: b
 
 META = "meta.pt"
 _META_FIELDS = ("names", "labels", "boxes", "geometry", "mask_classes", "tag_classes", "fingerprint", "skipped")
-_META_FIELDS += ("labelled", "points")
+_META_FIELDS += ("labelled", "points", "origins")
 
 
 def _write_meta(folder: Path, split_fields: dict[str, Any], size: int, masks: bool, native: bool) -> None:
@@ -240,7 +296,7 @@ def open_split(folder: str | Path, keep: object = None) -> PreparedSplit:
     if masks is not None and masks.shape != (count, size, size):
         raise ValueError(f"{folder}: masks of shape {masks.shape}, not {(count, size, size)}")
     native = NativeMasks.open(folder, count, keep) if meta["native"] else None
-    fields = {k: meta[k] for k in _META_FIELDS}
+    fields = {k: meta.get(k) for k in _META_FIELDS}  # entries written before tiles have no origins
     if any(len(fields[k]) != count for k in ("names", "labels", "boxes", "geometry", "labelled", "points")):
         raise ValueError(f"{folder}: metadata of another number of images than {count}")
     return PreparedSplit(images=images, masks=masks, native_masks=native, **fields)
@@ -251,7 +307,7 @@ def write_split(split: PreparedSplit, folder: str | Path, chunk: int = 64) -> No
     time: how an older cache file is converted, and how a split built in RAM becomes a disk-backed one."""
     folder = Path(folder)
     native = split.native_masks
-    writer = SplitWriter(folder, len(split), split.size, native=native is not None)
+    writer = SplitWriter(folder, split.size, native=native is not None)
     for start in range(0, len(split), chunk):
         index = list(range(start, min(start + chunk, len(split))))
         images = split.image_rows.take(index).numpy()
@@ -299,22 +355,38 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable[[int], T], count: int, ahea
             future.cancel()
 
 
-def _decode_into(
-    folder: Path, dataset: SegmentationDataset, size: int, fit: str, keep_native: bool, files: str, progress: bool
-) -> None:
-    """Decode and fit every sample of ``dataset`` (in threads), writing each image's rows into ``folder`` as it
-    comes, then the metadata."""
+Piece = tuple[Sample, Geometry, np.ndarray | None, TileOrigin | None]
+"""One row as decoded: the sample fitted (or one tile of it), its geometry, its native mask, its tile's origin."""
 
-    def load(i: int):
+
+def _decode_into(
+    folder: Path,
+    dataset: SegmentationDataset,
+    size: int,
+    fit: str,
+    keep_native: bool,
+    files: str,
+    progress: bool,
+    tile: int | None = None,
+    tile_overlap: int = 0,
+) -> None:
+    """Decode and fit (or tile) every sample of ``dataset`` (in threads), writing each image's rows into
+    ``folder`` as it comes, then the metadata."""
+
+    def load(i: int) -> list[Piece] | None:
         sample = dataset.try_load(dataset.names[i])
         if sample is None:
             return None
+        if tile is not None:
+            pieces = tile_sample(sample, tile, tile_overlap)
+            return [(t, Geometry(*o.content(tile), *o.content(tile)), None, o) for t, o in pieces]
         fitted, geometry = fit_sample(sample, size, fit)
-        return fitted, geometry, (sample.mask if keep_native else None)
+        return [(fitted, geometry, (sample.mask if keep_native else None), None)]
 
     n = len(dataset)
-    writer = SplitWriter(folder, n, size, native=keep_native)
-    names, labels, boxes, geometry, labelled, points = [], [], [], [], [], []
+    keep_native = keep_native and tile is None  # tiles are at native resolution already
+    writer = SplitWriter(folder, size, native=keep_native)
+    names, labels, boxes, geometry, labelled, points, origins = [], [], [], [], [], [], []
     already_skipped = len(dataset.skipped)
     workers = os.cpu_count() or 1
     with (
@@ -326,14 +398,15 @@ def _decode_into(
             bar.advance(task)
             if loaded is None:  # skipped: its file and reason are in dataset.skipped
                 continue
-            fitted, geo, native_mask = loaded
-            names.append(dataset.names[source])
-            writer.add(fitted.image.transpose(2, 0, 1), fitted.mask, native_mask)
-            labelled.append(fitted.mask is not None)
-            labels.append(fitted.labels)
-            boxes.append(fitted.boxes)
-            points.append(fitted.points)
-            geometry.append(geo)
+            for fitted, geo, native_mask, origin in loaded:
+                names.append(fitted.name if origin is not None else dataset.names[source])
+                writer.add(fitted.image.transpose(2, 0, 1), fitted.mask, native_mask)
+                labelled.append(fitted.mask is not None)
+                labels.append(fitted.labels)
+                boxes.append(fitted.boxes)
+                points.append(fitted.points)
+                geometry.append(geo)
+                origins.append(origin)
     order = {name: k for k, name in enumerate(dataset.names)}
     skipped = sorted(dataset.skipped[already_skipped:], key=lambda item: order.get(item["name"], n))
     native = keep_native and bool(labelled) and all(labelled)
@@ -355,6 +428,7 @@ def _decode_into(
         "skipped": skipped,
         "labelled": labelled,
         "points": points,
+        "origins": origins if tile is not None else None,
     }
     _write_meta(folder, fields, size, any(labelled), native)
 
@@ -366,17 +440,26 @@ def prepare(
     keep_native: bool = False,
     use_cache: bool = True,
     progress: bool = True,
+    tile: int | None = None,
+    tile_overlap: int = 0,
 ) -> PreparedSplit:
     """Decode and fit every sample of ``dataset`` (in threads) into a cache entry, or open the entry made before.
     Without ``use_cache`` the entry is a temporary folder, removed once the split is no longer used.
 
+    With ``tile`` the images are not fitted to ``size`` (nor is ``fit`` used): each is cut at native resolution
+    into ``tile x tile`` rows overlapping by ``tile_overlap`` (see the module notes); ``keep_native`` is not
+    needed then (the tiles reassemble the native image and mask).
+
     An item whose files are bad stops with a :class:`~weakseg.errors.DataFileError`, or, with the dataset's
     ``on_error='skip'``, is left out and listed in the split's ``skipped``. A split without images is an error."""
+    if tile is not None:
+        check_tiling(tile, tile_overlap)
+        size = tile
     check_size(size)
     if not len(dataset):
         raise ConfigError(f"split '{dataset.split}' of '{dataset.root}' holds no images")
     files = dataset.fingerprint()  # an edited image or mask on disk is a cache miss
-    key = _cache_key(dataset, size, fit, keep_native, files)
+    key = _cache_key(dataset, size, fit, keep_native, files, tile, tile_overlap)
     stem = f"{dataset.key or type(dataset).__name__}-{key}"
     entry = cache_dir() / "prepared" / stem
     if use_cache and (cached := _open_cached(entry, entry.parent / f"{stem}.pt")) is not None:
@@ -384,12 +467,12 @@ def prepare(
     remove_temporaries(entry.parent, recursive=False)  # entries whose writer was killed
     if use_cache:
         with atomic_folder(entry) as folder:
-            _decode_into(folder, dataset, size, fit, keep_native, files, progress)
+            _decode_into(folder, dataset, size, fit, keep_native, files, progress, tile, tile_overlap)
         return open_split(entry)
     folder = temporary_folder(entry)
     owner = TemporaryFolder(folder)
     try:
-        _decode_into(folder, dataset, size, fit, keep_native, files, progress)
+        _decode_into(folder, dataset, size, fit, keep_native, files, progress, tile, tile_overlap)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -17,7 +17,7 @@ import os
 import shutil
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from weakseg.data.sample import IGNORE_INDEX
+from weakseg.io import remove_temporaries, temporary_folder
 
 Index = int | slice | Sequence[int] | np.ndarray | torch.Tensor
 
@@ -362,49 +363,72 @@ class NativeMasks(Sequence[np.ndarray]):
 # ------------------------------------------------------------------------------ writing
 
 
-class SplitWriter:
-    """Writes a split's rows into ``folder`` as they come (positional writes, no mapping): ``images.npy``
-    (capacity, 3, S, S), ``masks.npy`` (capacity, S, S; rows without a mask all ``IGNORE_INDEX``) and, with
-    ``native``, the native masks. ``capacity``: the most rows; :meth:`close` says how many were written."""
+class RowWriter:
+    """Appends uint8 rows of one shape to a ``.npy`` file (positional writes, no mapping) whose length need not be
+    known in advance: the rows start at a fixed offset (:data:`HEADER_BYTES`) and :meth:`close` writes the header
+    with the number written (a standard ``.npy`` file; ``numpy.load`` and :class:`RowFile` read it)."""
 
-    def __init__(self, folder: str | Path, capacity: int, size: int, native: bool = False):
+    HEADER_BYTES = 128  # magic, length and the dict padded with spaces: a multiple of 64, as the format asks
+
+    def __init__(self, path: str | Path, row_shape: tuple[int, ...]):
+        self.path = Path(path)
+        self.row_shape = tuple(int(v) for v in row_shape)
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64))
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.count = 0
+
+    def add(self, row: np.ndarray) -> int:
+        """Append one row (``row_shape``, cast to uint8); returns its index."""
+        buffer = np.ascontiguousarray(row, np.uint8).reshape(-1)
+        if buffer.size != self.row_bytes:
+            raise ValueError(f"a row of {buffer.size} bytes where {self.row_bytes} are stored")
+        view, done, offset = memoryview(buffer).cast("B"), 0, self.HEADER_BYTES + self.count * self.row_bytes
+        while done < self.row_bytes:
+            done += os.pwritev(self.fd, [view[done:]], offset + done)
+        self.count += 1
+        return self.count - 1
+
+    def close(self) -> int:
+        """Write the header for the rows written, flush and close; returns their number."""
+        shape = (self.count, *self.row_shape)
+        text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape!r}, }}"
+        magic = np.lib.format.magic(1, 0)
+        length = self.HEADER_BYTES - len(magic) - 2
+        if len(text) >= length:
+            raise ValueError(f"shape {shape} does not fit the reserved header")
+        header = magic + length.to_bytes(2, "little") + (text.ljust(length - 1) + "\n").encode("latin1")
+        os.pwrite(self.fd, header, 0)
+        os.ftruncate(self.fd, self.HEADER_BYTES + self.count * self.row_bytes)
+        os.fsync(self.fd)
+        os.close(self.fd)
+        return self.count
+
+
+class SplitWriter:
+    """Writes a split's rows into ``folder`` as they come: ``images.npy`` (N, 3, S, S), ``masks.npy`` (N, S, S;
+    rows without a mask all ``IGNORE_INDEX``; left out when no row has one) and, with ``native``, the native masks.
+    The number of rows need not be known in advance (an image cut into tiles gives several);
+    :meth:`close` says how many were written."""
+
+    def __init__(self, folder: str | Path, size: int, native: bool = False):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.size = size
-        self.images = self._create("images.npy", (capacity, 3, size, size))
-        self.masks = self._create("masks.npy", (capacity, size, size))
+        self.images = RowWriter(self.folder / "images.npy", (3, size, size))
+        self.masks = RowWriter(self.folder / "masks.npy", (size, size))
         self.any_mask = False
         self.native = open(self.folder / "native.bin", "wb") if native else None  # noqa: SIM115 (closed in close)
         self.native_index: list[tuple[int, int, int]] = []
-        self.count = 0
+        self._blank = np.full((size, size), IGNORE_INDEX, np.uint8)
 
-    def _create(self, name: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
-        """A sparse ``.npy`` file of uint8 ``shape``: (descriptor, data offset, row bytes)."""
-        array = np.lib.format.open_memmap(self.folder / name, mode="w+", dtype=np.uint8, shape=shape)
-        offset = array.offset
-        del array
-        fd = os.open(self.folder / name, os.O_WRONLY)
-        return fd, offset, int(np.prod(shape[1:]))
-
-    @staticmethod
-    def _write(target: tuple[int, int, int], row: int, data: np.ndarray) -> None:
-        fd, offset, row_bytes = target
-        buffer = np.ascontiguousarray(data, np.uint8).reshape(-1)
-        if buffer.size != row_bytes:
-            raise ValueError(f"a row of {buffer.size} bytes where {row_bytes} are stored")
-        view, done = memoryview(buffer).cast("B"), 0
-        while done < row_bytes:
-            done += os.pwritev(fd, [view[done:]], offset + row * row_bytes + done)
+    @property
+    def count(self) -> int:
+        return self.images.count
 
     def add(self, image: np.ndarray, mask: np.ndarray | None, native: np.ndarray | None = None) -> int:
         """Append one image (3, S, S), its mask (S, S) or None, and its native mask; returns its row."""
-        row = self.count
-        self._write(self.images, row, image)
-        if mask is None:
-            self._write(self.masks, row, np.full((self.size, self.size), IGNORE_INDEX, np.uint8))
-        else:
-            self._write(self.masks, row, mask)
-            self.any_mask = True
+        self.masks.add(self._blank if mask is None else mask)
+        self.any_mask = self.any_mask or mask is not None
         if self.native is not None:
             offset = self.native.tell()
             if native is not None:
@@ -412,14 +436,12 @@ class SplitWriter:
                 self.native_index.append((offset, *native.shape[:2]))
             else:
                 self.native_index.append((offset, 0, 0))
-        self.count += 1
-        return row
+        return self.images.add(image)
 
     def close(self, keep_native: bool = True) -> int:
         """Flush and close the files (the native masks only kept with ``keep_native``); the rows written."""
-        for fd, _, _ in (self.images, self.masks):
-            os.fsync(fd)
-            os.close(fd)
+        count = self.images.close()
+        self.masks.close()
         if self.native is not None:
             self.native.close()
             if keep_native:
@@ -428,7 +450,7 @@ class SplitWriter:
                 (self.folder / "native.bin").unlink()
         if not self.any_mask:
             (self.folder / "masks.npy").unlink()
-        return self.count
+        return count
 
 
 class TemporaryFolder:
@@ -437,3 +459,21 @@ class TemporaryFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
+
+
+def rows_on_disk(chunks: Iterable[torch.Tensor], row_shape: tuple[int, ...], beside: str | Path) -> Rows:
+    """Rows made a chunk at a time (uint8 tensors (n, *row_shape)), written to a temporary file next to ``beside``
+    as they come and read back by rows: labels derived from a split's rows (point labels, say) without holding
+    them all in memory. The file is removed once the rows are garbage (or at exit); those of killed processes are
+    removed by the next call."""
+    remove_temporaries(Path(beside).parent, recursive=False)
+    folder = temporary_folder(beside)
+    owner = TemporaryFolder(folder)
+    writer = RowWriter(folder / "rows.npy", row_shape)
+    try:
+        for chunk in chunks:
+            for row in chunk.numpy():
+                writer.add(row)
+    finally:
+        count = writer.close()
+    return Rows(RowFile(folder / "rows.npy", count, keep=owner))

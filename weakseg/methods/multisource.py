@@ -24,11 +24,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from weakseg.budget import click_masks, point_masks
+from weakseg.budget import Budget, click_masks, point_masks
 from weakseg.config import RunConfig
-from weakseg.data.prepared import PreparedSplit
+from weakseg.data.prepared import PreparedSplit, cache_dir
 from weakseg.data.sample import IGNORE_INDEX
-from weakseg.data.store import Rows, known_per_row
+from weakseg.data.store import Rows, known_per_row, rows_on_disk
 from weakseg.errors import ConfigError
 from weakseg.identity import digest
 from weakseg.methods.base import RunContext, StageResult, load_dataset, register_method
@@ -96,9 +96,22 @@ def points_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
     elif budget.density is None and budget.clicks is None:
         raise ConfigError("source 'points' needs budget.density (% of pixels labelled) or budget.clicks")
     else:
-        labels = point_masks(_ground_truth(split, "points"), split.names, budget)
+        labels = _point_labels(split, budget)
     _record_per_image(ctx, use, "points", split, labels)
     return Target("points", labels)
+
+
+def _point_labels(split: PreparedSplit, budget: Budget, chunk: int = 256) -> torch.Tensor | Rows:
+    """The budget's point labels of every image of ``split``; for a split on disk, made ``chunk`` images at a time
+    and stored on disk as well (a tiled split's point labels are as many pixels as its images)."""
+    truth = _ground_truth_rows(split, "points")
+    if not split.on_disk:
+        return point_masks(truth.tensor(), split.names, budget)
+    parts = (
+        point_masks(truth.take(slice(start, start + chunk)), split.names[start : start + chunk], budget)
+        for start in range(0, len(split), chunk)
+    )
+    return rows_on_disk(parts, (split.size, split.size), cache_dir() / "labels" / "points")
 
 
 def _split_boxes(ctx: RunContext, split: PreparedSplit) -> list[np.ndarray]:
@@ -164,6 +177,10 @@ def cam_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
 
 
 SINGLE_SOURCE = {"full": "masks", "masks": "masks", "points": "points", "boxes": "boxes", "sam": "sam"}
+TILED_SOURCES = ("masks", "points", "boxes")
+"""Sources that read nothing but the split's rows, and so train on tiles (``dataset.tile``) as on whole images. The
+others make their labels from whole images at ``dataset.size`` (SAM masks, CAMs of a classifier trained on image
+tags, which a tile may not show)."""
 
 
 def method_sources(ctx: RunContext) -> list[str]:
@@ -176,6 +193,9 @@ def method_sources(ctx: RunContext) -> list[str]:
     extra = [s for s in method.weights if s not in sources]
     if extra:
         raise ConfigError(f"method.weights names source(s) {extra} that the method does not use ({sources})")
+    whole = [s for s in sources if s not in TILED_SOURCES]
+    if ctx.config.dataset.tile is not None and whole:
+        raise ConfigError(f"source(s) {whole} do not train on tiles (dataset.tile); those that do: {TILED_SOURCES}")
     return sorted(sources, key=lambda s: s != "masks")
 
 
@@ -268,4 +288,4 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
 
 
 for _name in [*SINGLE_SOURCE, "multi"]:
-    register_method(_name, primary_labels)(train_from_sources)
+    register_method(_name, primary_labels, tiles=_name != "sam")(train_from_sources)
