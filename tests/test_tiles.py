@@ -194,6 +194,10 @@ def test_training_on_tiles_end_to_end_and_scoring_whole_images_by_sliding_window
     again = evaluate_model(model, split, torch.device("cpu"), 3, tile=64, overlap=16)
     assert again["iou"] == pytest.approx(final["iou"], abs=1e-9)
 
+    from weakseg.report import write_report
+
+    assert "tiles of the test split, native resolution" in write_report(out, tmp_path).read_text()
+
     from weakseg.cli import app
 
     common = ["--json", "evaluate", "--checkpoint", str(out / "best.pt"), "--dataset", "folder"]

@@ -328,6 +328,7 @@ SETTING_PATHS = {
     "mask_threshold": "method.generator_options.threshold",
     "boxes_from": "method.boxes_from",
     "cam_method": "method.cam_method",
+    "tile": "dataset.tile",
 }
 """Names of row settings in results, and the config value each one sets."""
 

@@ -235,7 +235,9 @@ def label_folder(
             raise ConfigError(f"'{root}': no image has a mask, boxes or clicks to learn from")
         labelled = split.subset([i for i in range(len(split)) if has_labels[i]]).with_masks(labels[has_labels])
         train, val = (
-            holdout(labelled, settings.val_fraction, settings.seed) if len(labelled) >= 10 else (labelled, None)
+            holdout(labelled, settings.val_fraction, settings.seed)
+            if len(set(labelled.image_of)) >= 10  # images, not tiles: a validation split holds out whole images
+            else (labelled, None)
         )
         seed_everything(settings.seed)
         model = build_model(settings.arch, settings.encoder, classes, settings.weights)

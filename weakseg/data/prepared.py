@@ -181,7 +181,7 @@ class PreparedSplit:
         if "image_rows" not in state:  # pickled as the dataclass of tensors it once was (an older cache file)
             self.__init__(**state)
         else:
-            self.__dict__.update(state)
+            self.__dict__.update({"origins": None} | state)  # pickled before tiles existed: whole images
 
     def subset(self, indices: Iterable[int]) -> PreparedSplit:
         """A view on some of the images (their rows are read when needed, not copied)."""
