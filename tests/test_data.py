@@ -528,7 +528,8 @@ def test_prepared_split_is_cached_on_disk(demo_root, monkeypatch, tmp_path):
     monkeypatch.setenv("WEAKSEG_CACHE", str(tmp_path))  # an empty cache, whatever ran before
     ds = OxfordPet(demo_root, split="test")
     first = prepare(ds, 32, fit="pad", progress=False)
-    assert len(list((tmp_path / "prepared").glob("oxford_pet-*.pt"))) == 1
+    (entry,) = (tmp_path / "prepared").glob("oxford_pet-*")  # a folder: images.npy, masks.npy, meta.pt
+    assert entry.is_dir() and first.on_disk and {"images.npy", "masks.npy", "meta.pt"} <= set(os.listdir(entry))
 
     def fail(name):
         raise AssertionError(f"{name} decoded again instead of read from the cache")
@@ -575,15 +576,18 @@ def test_a_fresh_copy_of_the_same_files_keeps_the_fingerprint(demo_root, tmp_pat
     assert OxfordPet(first, split="test").fingerprint() != OxfordPet(second, split="test").fingerprint()
 
 
-def test_corrupt_cache_is_rebuilt(demo_root, monkeypatch, tmp_path):
+@pytest.mark.parametrize("damaged", ["meta.pt", "images.npy", "masks.npy"])
+def test_corrupt_cache_is_rebuilt(demo_root, monkeypatch, tmp_path, damaged):
     monkeypatch.setenv("WEAKSEG_CACHE", str(tmp_path))
     ds = OxfordPet(demo_root, split="test")
     first = prepare(ds, 32, fit="resize", progress=False)
-    (cached,) = (tmp_path / "prepared").glob("oxford_pet-*.pt")
-    cached.write_bytes(b"truncated")
+    images, masks = first.images.clone(), first.masks.clone()
+    (entry,) = (tmp_path / "prepared").glob("oxford_pet-*")
+    del first
+    (entry / damaged).write_bytes((entry / damaged).read_bytes()[:200])  # cut short
     again = prepare(ds, 32, fit="resize", progress=False)
-    assert torch.equal(again.images, first.images) and torch.equal(again.masks, first.masks)
-    assert cached.stat().st_size > 32 * 32 * 3 * len(ds)  # written again, whole
+    assert torch.equal(again.images, images) and torch.equal(again.masks, masks)
+    assert (entry / "images.npy").stat().st_size > 32 * 32 * 3 * len(ds)  # written again, whole
 
 
 def test_cache_key_tells_tag_modes_apart(demo_root, monkeypatch, tmp_path):

@@ -305,12 +305,15 @@ def test_a_setting_added_at_its_neutral_value_keeps_the_keys_of_recorded_runs():
 
     config = RunConfig()
     key = run_key(config, {"trainval": "x"})
-    # recorded before train.cpu_amp and the selftrain settings existed: the same dump without those settings
+    # recorded before train.cpu_amp, train.workers, the selftrain settings and tiles existed: the same dump without them
     before = config.model_dump(exclude={"train": {"progress"}})
-    neutral = ("train.cpu_amp", "method.rounds", "method.regenerate", "method.restart", "method.tag_weight")
+    neutral = ("train.cpu_amp", "train.workers", "method.rounds", "method.regenerate", "method.restart")
+    neutral += ("method.tag_weight", "dataset.tile", "dataset.tile_overlap", "train.eval_overlap")
     for path in (*neutral, "dataset.on_error", "budget.source"):
         section, name = path.split(".")
         del before[section][name]
     assert key["config"] == json.loads(json.dumps(before, default=str))
     changed = run_key(config.model_copy(update={"train": config.train.model_copy(update={"cpu_amp": True})}), {})
     assert changed["config"]["train"]["cpu_amp"] is True
+    tiled = run_key(config.model_copy(update={"dataset": config.dataset.model_copy(update={"tile": 512})}), {})
+    assert tiled["config"]["dataset"]["tile"] == 512 and "tile_overlap" not in tiled["config"]["dataset"]

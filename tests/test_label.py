@@ -89,3 +89,46 @@ def test_label_command(folder, tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 with a mask, 9 with boxes" in result.output
     assert (tmp_path / "cli" / "export" / "coco" / "annotations.json").is_file()
+
+
+def test_with_tiles_the_segmenter_trains_on_tiles_and_predicts_whole_images_by_sliding_windows(
+    make_folder_dataset, tmp_path
+):
+    from weakseg.io import read_image
+    from weakseg.models import load_model
+    from weakseg.models.registry import checkpoint_meta
+    from weakseg.tiling import predict_tiled
+
+    folder = make_folder_dataset(n=4)  # images of 40-56 x 56-64 px: 2 x 2 tiles of 32 px each
+    for name in folder.names[2:]:
+        (folder.root / "masks" / f"{name}.png").unlink()
+    ys, xs = np.nonzero(folder.masks[folder.names[3]])
+    (folder.root / "clicks.csv").write_text(f"name,x,y,label\n{folder.names[3]},{xs[0]},{ys[0]},positive\n")
+    out = tmp_path / "tiled"
+    settings = fast(tile=32, overlap=8, epochs=1, batch_size=8, segmenter=True)
+    report = label_folder(folder.root, out, settings, progress=False)
+    assert (report.images, report.with_mask, report.with_clicks, report.predicted) == (4, 2, 1, 2)
+    meta = checkpoint_meta(out / "model" / "best.pt")
+    assert (meta["tile"], meta["overlap"]) == (32, 8)
+    model = load_model(out / "model" / "best.pt").eval()
+    for name in folder.names[2:]:  # predicted (boxes, no mask file): the whole image, window by window
+        image = read_image(next((folder.root / "images").glob(f"{name}.*")))
+        expected = predict_tiled(model, image, 32, 8, tta=("hflip",)).argmax(0)
+        np.testing.assert_array_equal(read_label_image(out / "masks" / f"{name}.png"), expected)
+    rows = {r["name"]: r for r in read_review(out / "review.csv")}
+    assert rows[folder.names[0]]["sources"] == "mask" and rows[folder.names[3]]["sources"] == "box+grabcut+clicks"
+
+
+def test_label_command_passes_its_tile_options(folder, tmp_path, monkeypatch):
+    seen = []
+
+    def record(root, out, settings, **kwargs):
+        seen.append(settings)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("weakseg.labelling.label_folder", record)
+    args = ["label", str(folder.root), "--out", str(tmp_path / "cli"), "--tile", "64", "--overlap", "16"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (seen[0].tile, seen[0].overlap) == (64, 16)
+    assert CliRunner().invoke(app, args[:4]).exit_code == 0
+    assert seen[1].tile is None and "tile" not in seen[1].ident()  # folders labelled before tiles keep their identity

@@ -178,7 +178,7 @@ def test_predict_cli_with_tiles_writes_the_whole_image_masks(tmp_path, monkeypat
         cv2.imwrite(str(images / f"im{i}.png"), cv2.GaussianBlur(random_image(200, 200, seed=i), (0, 0), 3))
     checkpoint = tmp_path / "m.pt"
     torch.save({"meta": {"size": 200, "fit": "resize"}}, checkpoint)  # whole-image pass at the native size
-    monkeypatch.setattr("weakseg.models.load_model", lambda path: tiny_model(2))
+    monkeypatch.setattr("weakseg.models.onnx.load_model", lambda path: tiny_model(2))  # what predict loads with
     runner = CliRunner()
     common = ["predict", str(images), "--checkpoint", str(checkpoint), "--no-overlays"]
     assert runner.invoke(app, [*common, "--out", str(tmp_path / "whole")]).exit_code == 0

@@ -155,10 +155,25 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
     download: Annotated[bool, typer.Option(help="Fetch the dataset's official archive if it is missing.")] = False,
     on_error: OnError = "raise",
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            help="Predict each image whole at native resolution by sliding windows of N pixels (a multiple of 32) "
+            "instead of resizing it to the model size; default: the checkpoint's tile when it was trained on tiles.",
+            min=32,
+        ),
+    ] = None,
+    overlap: Annotated[
+        int | None,
+        typer.Option(help="Overlap of the sliding windows in pixels (default: the checkpoint's, else 64).", min=0),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per forward pass (default 32), or windows with tiles (default 4).", min=1)
+    ] = None,
 ) -> None:
     """Score a checkpoint (.pt or .onnx) or a folder of masks against a dataset's ground truth (native
     resolution). With --on-error skip, images with bad files are left out and listed in skipped.json (beside
-    --json, else here)."""
+    --json, else here). Large images: --tile N scores each image whole, predicted in N x N windows."""
     from weakseg.data import build_dataset
     from weakseg.evaluate import evaluate_mask_folder, evaluate_model
     from weakseg.io import write_json
@@ -177,8 +192,15 @@ def evaluate(
         configure_threads()
         model, meta = load_for_inference(checkpoint, pick_device())
         device = next(model.parameters()).device
-        prepared = prepare(ds, meta.get("size", 160), meta.get("fit", "resize"), keep_native=True)
-        metrics = evaluate_model(model, prepared, device, progress=True)
+        tile = tile or meta.get("tile")
+        overlap = overlap if overlap is not None else meta.get("overlap", 64)
+        if tile is not None:  # stored as tiles, scored on whole images reassembled from them
+            prepared = prepare(ds, tile, tile=tile)
+            windows = batch_size or 4
+            metrics = evaluate_model(model, prepared, device, windows, progress=True, tile=tile, overlap=overlap)
+        else:
+            prepared = prepare(ds, meta.get("size", 160), meta.get("fit", "resize"), keep_native=True)
+            metrics = evaluate_model(model, prepared, device, batch_size or 32, progress=True)
         ds.skipped[:] = prepared.skipped  # also when the prepared split came from the cache
     console.print(metrics_table(metrics, f"{dataset}/{split}"))
     if json_out:
@@ -201,11 +223,20 @@ def predict(
     on_error: OnError = "raise",
     tile: Annotated[
         int | None,
-        typer.Option(help="Predict at native resolution in overlapping tiles of N pixels (large images).", min=1),
+        typer.Option(
+            help="Predict at native resolution in overlapping tiles of N pixels (large images); default: the "
+            "checkpoint's tile when it was trained on tiles.",
+            min=1,
+        ),
     ] = None,
     overlap: Annotated[
-        int, typer.Option(help="Overlap of neighbouring tiles in pixels (with --tile); each keeps its centre.", min=0)
-    ] = 64,
+        int | None,
+        typer.Option(
+            help="Overlap of neighbouring tiles in pixels (with --tile); each keeps its centre. Default: the "
+            "checkpoint's, else 64.",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
     """Predict masks (PNG, class indices at native resolution) and overlay pictures for images. An .onnx model
     runs with ONNX Runtime and needs nothing else (size, fit and classes are in its metadata)."""
@@ -217,7 +248,7 @@ def predict(
     files = collect_inputs(inputs)
     model, meta = load_for_inference(checkpoint, pick_device())
     size, fit, policy = meta.get("size", 160), meta.get("fit", "resize"), _on_error(on_error)
-    tiling = {"tile": tile, "overlap": overlap}
+    tiling = {"tile": tile or meta.get("tile"), "overlap": overlap if overlap is not None else meta.get("overlap", 64)}
     written = predict_files(model, files, out, size, fit, overlays=overlays, on_error=policy, **tiling)
     console.print(f"wrote {len(written)} masks to {out}")
     skipped = []
@@ -348,6 +379,15 @@ def label_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the segmenter.")] = 0,
     export: Annotated[str | None, typer.Option(help="Also export the masks: coco, yolo, labelstudio or cvat.")] = None,
     on_error: OnError = "raise",
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            help="Large images: train the segmenter on N x N tiles at native resolution (a multiple of 32, instead "
+            "of resizing to --size) and predict each image whole by sliding windows.",
+            min=32,
+        ),
+    ] = None,
+    overlap: Annotated[int, typer.Option(help="Overlap of the sliding windows in pixels (with --tile).", min=0)] = 64,
 ) -> None:
     """A mask for every image from what each image has: its mask, masks from its boxes (generator + GrabCut),
     its clicks; a segmenter trained on all of it predicts the rest. Writes a review.csv ranked worst first.
@@ -355,7 +395,14 @@ def label_cmd(
     from weakseg.labelling import LabelSettings, label_folder
 
     settings = LabelSettings(
-        generator=generator, grabcut=grabcut, segmenter=segmenter, size=size, epochs=epochs, seed=seed
+        generator=generator,
+        grabcut=grabcut,
+        segmenter=segmenter,
+        size=size,
+        epochs=epochs,
+        seed=seed,
+        tile=tile,
+        overlap=overlap,
     )
     report = label_folder(data, out, settings, on_error=_on_error(on_error))
     console.print(

@@ -24,6 +24,16 @@ class DatasetConfig(Section):
     test_split: str = "test"
     size: int = 160
     fit: str = "resize"
+    tile: int | None = Field(
+        None,
+        description="large images: train on tile x tile pieces cut at native resolution (zero padding at the right "
+        "and bottom borders, padding ignored by the loss) instead of fitting each image to `size` (then `size` and "
+        "`fit` are not used), and score the test split on whole images by sliding windows of this size "
+        "(train.eval_overlap); a multiple of 32. None: every image fitted to `size`",
+    )
+    tile_overlap: int = Field(
+        0, ge=0, description="overlap of neighbouring training tiles in pixels (0: the tiles partition each image)"
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1)
     options: dict[str, Any] = Field(default_factory=dict)
     download: bool = False
@@ -39,6 +49,19 @@ class DatasetConfig(Section):
         if v <= 0 or v % 32:
             raise ValueError("size must be a positive multiple of 32")
         return v
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v: int | None) -> int | None:
+        if v is not None and (v <= 0 or v % 32):
+            raise ValueError("tile must be a positive multiple of 32 (the encoder's stride)")
+        return v
+
+    @model_validator(mode="after")
+    def _tile_overlap(self) -> DatasetConfig:
+        if self.tile is not None and self.tile_overlap >= self.tile:
+            raise ValueError(f"tile_overlap must be smaller than the tile ({self.tile}), not {self.tile_overlap}")
+        return self
 
 
 class BudgetConfig(Section):
@@ -185,7 +208,19 @@ class TrainConfig(Section):
         "2x faster on CPUs with AVX-512 BF16 or AMX, slower on others",
     )
     device: str = "auto"
-    eval_batch_size: int = Field(32, ge=1)
+    workers: int = Field(
+        0,
+        ge=0,
+        description="processes that read and flip the training batches ahead (a torch DataLoader) while the model "
+        "trains; 0: read in the training process. The batches, and so the results, are the same either way",
+    )
+    eval_batch_size: int = Field(32, ge=1, description="images per batch when scoring (windows, with dataset.tile)")
+    eval_overlap: int = Field(
+        64,
+        ge=0,
+        description="with dataset.tile: overlap in pixels of the sliding windows that score whole test images (each "
+        "pixel is taken from the window where it lies farthest from a window border)",
+    )
     tta: list[str] = Field(default_factory=list)
     progress: bool = True
 
@@ -199,6 +234,15 @@ class RunConfig(Section):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     cam: CamConfig = Field(default_factory=CamConfig)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _eval_overlap(self) -> RunConfig:
+        tile = self.dataset.tile
+        if tile is not None and self.train.eval_overlap >= tile:
+            raise ValueError(
+                f"train.eval_overlap must be smaller than dataset.tile ({tile}), not {self.train.eval_overlap}"
+            )
+        return self
 
 
 CHOICE_STAGES = ("dev", "val")
@@ -284,6 +328,7 @@ SETTING_PATHS = {
     "mask_threshold": "method.generator_options.threshold",
     "boxes_from": "method.boxes_from",
     "cam_method": "method.cam_method",
+    "tile": "dataset.tile",
 }
 """Names of row settings in results, and the config value each one sets."""
 

@@ -1,4 +1,5 @@
-"""Scoring: a model on a prepared split (at native resolution when available), or a folder of masks."""
+"""Scoring: a model on a prepared split (at native resolution when available, by sliding windows over whole images
+for a tiled split), or a folder of masks."""
 
 from __future__ import annotations
 
@@ -12,22 +13,9 @@ from weakseg.data.prepared import PreparedSplit, iterate_batches
 from weakseg.errors import ConfigError, DataFileError
 from weakseg.io import read_mask
 from weakseg.metrics import ConfusionMatrix
-from weakseg.models.segmenter import Segmenter
+from weakseg.models.segmenter import Segmenter, predict_probabilities
 from weakseg.progress import progress_bar
-from weakseg.runtime import autocast
-
-
-@torch.no_grad()
-def predict_probabilities(
-    model: Segmenter, images: torch.Tensor, tta: list[str] | tuple[str, ...] = (), amp: bool = True
-) -> torch.Tensor:
-    """Class probabilities (N, C, S, S); ``tta=['hflip']`` averages with the flipped prediction."""
-    with autocast(images.device, amp):
-        probs = model.probabilities(model(images))
-        for name in tta:
-            dim = {"hflip": -1, "vflip": -2}[name]
-            probs = probs + model.probabilities(model(images.flip(dim))).flip(dim)
-    return probs / (1 + len(tta))
+from weakseg.tiling import predict_tiled
 
 
 @torch.no_grad()
@@ -40,13 +28,22 @@ def evaluate_model(
     tta: list[str] | tuple[str, ...] = (),
     amp: bool = True,
     progress: bool = False,
+    tile: int | None = None,
+    overlap: int = 64,
 ) -> dict[str, float | list[float]]:
     """Metrics of ``model`` on ``split``. With ``native`` and native masks kept, predictions are resized
-    back to each image's own resolution and scored against the original ground truth."""
+    back to each image's own resolution and scored against the original ground truth.
+
+    A tiled split (rows are tiles of larger images) is scored image by image, never tile by tile: each image is
+    reassembled from its tiles and predicted whole at native resolution by sliding ``tile x tile`` windows
+    (default: the split's tile size) overlapping by ``overlap`` (:func:`weakseg.tiling.predict_tiled`,
+    ``batch_size`` windows at a time), then scored against its whole mask."""
     model.eval().to(memory_format=torch.channels_last)
+    if split.tiled:
+        return _evaluate_whole_images(model, split, device, tile or split.size, overlap, batch_size, tta, amp, progress)
     cm = ConfusionMatrix(len(split.mask_classes))
     use_native = native and split.native_masks is not None
-    if split.masks is None and not use_native:
+    if split.mask_rows is None and not use_native:
         raise ValueError("this split has no ground-truth masks to evaluate against")
     if not len(split):
         raise ConfigError("nothing to evaluate: the split holds no images")
@@ -64,6 +61,39 @@ def evaluate_model(
             else:
                 cm.update(probs.argmax(1), masks)
             bar.advance(task, len(index))
+    return cm.compute()
+
+
+def _evaluate_whole_images(
+    model: Segmenter,
+    split: PreparedSplit,
+    device: torch.device,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    tta: list[str] | tuple[str, ...],
+    amp: bool,
+    progress: bool,
+) -> dict[str, float | list[float]]:
+    """Metrics of ``model`` on the whole images of a tiled split, predicted by sliding windows (see
+    :func:`evaluate_model`); memory: one image, its mask and probabilities, and one batch of windows."""
+    if split.mask_rows is None:
+        raise ValueError("this split has no ground-truth masks to evaluate against")
+    images = split.rows_by_image()
+    if not images:
+        raise ConfigError("nothing to evaluate: the split holds no images")
+    labelled = dict(zip(split.image_of, split.labelled, strict=True))
+    missing = [name for name in images if not labelled[name]]
+    if missing:
+        raise ConfigError(f"{len(missing)} image(s) to evaluate on have no mask (e.g. '{missing[0]}')")
+    cm = ConfusionMatrix(len(split.mask_classes))
+    with progress_bar(progress) as bar:
+        task = bar.add_task("evaluating (sliding windows)", total=len(images))
+        for rows in images.values():
+            image, mask = split.assemble(rows)
+            probs = predict_tiled(model, image, tile, overlap, batch_size, device, tta, amp)
+            cm.update(torch.from_numpy(probs.argmax(0)), torch.from_numpy(mask))
+            bar.advance(task)
     return cm.compute()
 
 

@@ -28,12 +28,16 @@ run and artefact it made is made again."""
 
 NEUTRAL_SETTINGS: dict[str, Any] = {
     "train.cpu_amp": False,
+    "train.workers": 0,
     "method.rounds": 3,
     "method.regenerate": "cam",
     "method.restart": False,
     "method.tag_weight": 1.0,
     "dataset.on_error": "raise",
     "budget.source": "simulated",
+    "dataset.tile": None,
+    "dataset.tile_overlap": 0,
+    "train.eval_overlap": 64,
 }
 """Config settings added after runs were recorded, at the value that reproduces what those runs did: a run key
 leaves a setting out while it has this value, so adding a setting does not re-run every finished run. A new

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -203,6 +204,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def temporary_folder(beside: str | Path) -> Path:
+    """A new empty folder next to ``beside``, named as :func:`atomic_path` names its temporaries (so that
+    :func:`remove_temporaries` deletes it once its writer has ended)."""
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{beside.name}.{_HOST}-{os.getpid()}."
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMPORARY_SUFFIX, dir=beside.parent))
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` that becomes ``path`` only if the block succeeds; when another
+    process made ``path`` meanwhile, that one is kept and this one removed."""
+    path = Path(path)
+    tmp = temporary_folder(path)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _writer_gone(host: str, pid: int) -> bool:
     """Whether the process that made a temporary has ended (known only for a process of this machine)."""
     if host != _HOST:
@@ -217,17 +245,21 @@ def _writer_gone(host: str, pid: int) -> bool:
 
 
 def remove_temporaries(folder: str | Path, recursive: bool = True) -> int:
-    """Delete the :func:`atomic_path` temporaries in ``folder`` (and below) whose writer has ended: writes that a
-    kill or a crash cut short. Those of running processes (a write in progress) are kept. Returns how many."""
+    """Delete the :func:`atomic_path` and :func:`atomic_folder` temporaries in ``folder`` (and below) whose writer
+    has ended: writes that a kill or a crash cut short. Those of running processes (a write in progress) are kept.
+    Returns how many."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    found = folder.rglob(f"*{TEMPORARY_SUFFIX}") if recursive else folder.glob(f"*{TEMPORARY_SUFFIX}")
+    found = list(folder.rglob(f"*{TEMPORARY_SUFFIX}") if recursive else folder.glob(f"*{TEMPORARY_SUFFIX}"))
     removed = 0
     for path in found:
         match = _TEMPORARY.fullmatch(path.name)
-        if match and _writer_gone(match["host"], int(match["pid"])) and path.is_file():
-            path.unlink(missing_ok=True)
+        if match and _writer_gone(match["host"], int(match["pid"])):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed += 1
     return removed
 

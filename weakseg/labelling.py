@@ -17,6 +17,10 @@ prediction, or, for an image without boxes, the segmenter's mean confidence; an 
 ``boxes/`` and the segmenter under ``model/``. An interrupted run resumes: box masks are cached per image and
 training continues from its last epoch; ``label.json`` refuses a folder made with other settings.
 Image tags are not used yet.
+
+Large images (``tile``): the segmenter trains on ``tile x tile`` pieces cut at native resolution (mask files, box
+masks and clicks cut alike, padding ignored) instead of images resized to ``size``, and predicts each image whole
+at native resolution by sliding windows overlapping by ``overlap`` (:func:`weakseg.tiling.predict_tiled`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from weakseg.config import TrainConfig
 from weakseg.data.folder import FolderDataset
 from weakseg.data.prepared import PreparedSplit, prepare
 from weakseg.data.sample import IGNORE_INDEX, Sample
+from weakseg.data.tiles import crop_tile
 from weakseg.data.transforms import fit_sample
 from weakseg.errors import ConfigError
 from weakseg.evaluate import predict_probabilities
@@ -46,6 +51,7 @@ from weakseg.pipeline import holdout
 from weakseg.progress import progress_bar
 from weakseg.runtime import pick_device, seed_everything
 from weakseg.sources.sam import build_mask_generator
+from weakseg.tiling import predict_tiled
 from weakseg.train import fit
 
 
@@ -74,6 +80,19 @@ class LabelSettings:
     seed: int = 0
     mask_mode: str = "binary"
     mask_classes: list[str] | None = None
+    tile: int | None = None
+    """Large images: train on tiles of this size at native resolution, predict by sliding windows (None: resize to
+    ``size``)."""
+    overlap: int = 64
+    """Overlap of the sliding windows (with ``tile``)."""
+
+    def ident(self) -> dict[str, Any]:
+        """The settings that identify the output folder (``tile`` and ``overlap`` only when tiling, so that
+        folders made before tiles existed keep their identity)."""
+        out = asdict(self)
+        if self.tile is None:
+            del out["tile"], out["overlap"]
+        return out
 
 
 @dataclass
@@ -153,15 +172,21 @@ def read_box_masks(out_dir: Path, name: str, generators: list[str]) -> list[np.n
 
 
 def training_masks(split: PreparedSplit, ds: FolderDataset, out_dir: Path, boxed: dict[str, list[str]]) -> torch.Tensor:
-    """(N, S, S) labels at model size: mask files as they are, fused box masks, then clicks on unknown pixels."""
+    """(N, S, S) labels of the split's rows: mask files as they are, fused box masks (resized to the model size,
+    or cut into the rows' tiles), then clicks on unknown pixels."""
     masks = split.masks.clone() if split.masks is not None else torch.full_like(split.images[:, 0], IGNORE_INDEX)
-    for i, name in enumerate(split.names):
+    fused: dict[str, np.ndarray] = {}  # the current image's (its tiles are consecutive rows)
+    for i, name in enumerate(split.image_of):
         if split.labelled[i] or name not in boxed:
             continue
-        made = read_box_masks(out_dir, name, boxed[name])
-        fused = fuse(made[0], made[1] if len(made) > 1 else None)
-        image = np.zeros((*fused.shape, 3), np.uint8)
-        fitted, _ = fit_sample(Sample(image=image, mask=fused, name=name), split.size, "resize")
+        if name not in fused:
+            made = read_box_masks(out_dir, name, boxed[name])
+            fused = {name: fuse(made[0], made[1] if len(made) > 1 else None)}
+        if split.origins is not None:
+            masks[i] = torch.from_numpy(crop_tile(fused[name], split.origins[i], split.size, IGNORE_INDEX))
+            continue
+        image = np.zeros((*fused[name].shape, 3), np.uint8)
+        fitted, _ = fit_sample(Sample(image=image, mask=fused[name], name=name), split.size, "resize")
         masks[i] = torch.from_numpy(fitted.mask)
     clicks = click_masks(split)
     return torch.where((masks == IGNORE_INDEX) & (clicks != IGNORE_INDEX), clicks, masks)
@@ -182,14 +207,15 @@ def label_folder(
     extra = {"mask_classes": settings.mask_classes} if settings.mask_classes else {}
     ds = FolderDataset(root, split="all", mask_mode=settings.mask_mode, **extra)
     ds.on_error = on_error
-    ident = {"settings": asdict(settings), "files": ds.fingerprint(), "code": CODE_VERSIONS}
+    ident = {"settings": settings.ident(), "files": ds.fingerprint(), "code": CODE_VERSIONS}
     out_dir.mkdir(parents=True, exist_ok=True)
     distributed.setup()
     main = distributed.is_main()
     distributed.main_first(lambda: claim(out_dir, ident))
     remove_temporaries(out_dir)  # writes an earlier run was killed in
     boxed = box_masks_for(ds, settings, out_dir, progress)
-    split = prepare(ds, settings.size, keep_native=False, use_cache=False, progress=progress)
+    tiling = {"tile": settings.tile} if settings.tile is not None else {}
+    split = prepare(ds, settings.size, keep_native=False, use_cache=False, progress=progress, **tiling)
     if split.skipped and main:  # on_error='skip': the images left out, with their reasons
         write_json(out_dir / "skipped.json", split.skipped)
     labels = training_masks(split, ds, out_dir, boxed)
@@ -199,14 +225,19 @@ def label_folder(
     )
     classes = len(ds.mask_classes)
 
-    mine = distributed.shard(range(len(split)))  # the images this process writes (all in one process)
-    probs: dict[int, torch.Tensor] = {}
+    by_image = split.rows_by_image()  # one row per image, or its tiles
+    names = list(by_image)
+    mine = distributed.shard(range(len(names)))  # the images this process writes (all in one process)
+    probs: dict[int, torch.Tensor] = {}  # model-size probabilities of whole images (not tiled), by row
+    model = None
     if use_segmenter:
         if not bool(has_labels.any()):
             raise ConfigError(f"'{root}': no image has a mask, boxes or clicks to learn from")
         labelled = split.subset([i for i in range(len(split)) if has_labels[i]]).with_masks(labels[has_labels])
         train, val = (
-            holdout(labelled, settings.val_fraction, settings.seed) if len(labelled) >= 10 else (labelled, None)
+            holdout(labelled, settings.val_fraction, settings.seed)
+            if len(set(labelled.image_of)) >= 10  # images, not tiles: a validation split holds out whole images
+            else (labelled, None)
         )
         seed_everything(settings.seed)
         model = build_model(settings.arch, settings.encoder, classes, settings.weights)
@@ -222,6 +253,8 @@ def label_folder(
         )
         device = pick_device(config.device)
         meta = {"size": settings.size, "fit": "resize", "mask_classes": ds.mask_classes}
+        if settings.tile is not None:
+            meta |= {"size": settings.tile, "tile": settings.tile, "overlap": settings.overlap}
         fit(
             model,
             train,
@@ -234,26 +267,37 @@ def label_folder(
             meta=meta,
         )
         model.eval()
-        with torch.no_grad():
-            for s in range(0, len(mine), 16):
-                batch = mine[s : s + 16]
-                images = split.images[batch].to(device).float().div_(255)
-                probs.update(
-                    zip(batch, predict_probabilities(model, images, config.tta, config.amp).cpu(), strict=True)
-                )
+        if not split.tiled:
+            with torch.no_grad():
+                for s in range(0, len(mine), 16):
+                    batch = mine[s : s + 16]
+                    images = split.images[batch].to(device).float().div_(255)
+                    probs.update(
+                        zip(batch, predict_probabilities(model, images, config.tta, config.amp).cpu(), strict=True)
+                    )
+
+    def predict(k: int) -> tuple[np.ndarray | None, float]:
+        """Image k's predicted mask at native resolution and the segmenter's mean confidence (None, NaN without
+        a segmenter): whole images from the probabilities at model size, a tiled split's by sliding windows."""
+        if model is None:
+            return None, float("nan")
+        if split.tiled:
+            image, _ = split.assemble(by_image[names[k]])
+            native = predict_tiled(model, image, split.size, settings.overlap, device=device, tta=config.tta)
+            return native.argmax(0).astype(np.uint8), float(native.max(0).mean())
+        native = split.geometry[k].to_native(probs[k])
+        return native.argmax(0).numpy().astype(np.uint8), float(probs[k].max(0).values.mean())
 
     rows, predicted, unlabelled = [], 0, []
     with progress_bar(progress and main) as bar:
         task = bar.add_task("writing masks", total=len(mine))
-        for i in mine:
-            name = split.names[i]
+        for k in mine:
+            name, image_rows = names[k], by_image[names[k]]
             bar.advance(task)
-            geometry, sources = split.geometry[i], []
-            native_prob = geometry.to_native(probs[i]) if i in probs else None
-            prediction = native_prob.argmax(0).numpy().astype(np.uint8) if native_prob is not None else None
-            confidence = float(probs[i].max(0).values.mean()) if i in probs else float("nan")
-            agreements = []
-            if split.labelled[i]:
+            prediction, confidence = predict(k)
+            has_mask, clicked = split.labelled[image_rows[0]], any(len(split.points[r]) for r in image_rows)
+            agreements, sources = [], []
+            if has_mask:
                 sample = ds.load(name)
                 mask, sources = sample.mask, ["mask"]
             elif name in boxed:
@@ -269,18 +313,18 @@ def label_folder(
                     mask = made[0]
             elif prediction is not None:
                 mask, predicted = prediction, predicted + 1
-                sources = ["clicks"] if len(split.points[i]) else []
+                sources = ["clicks"] if clicked else []
             else:
                 unlabelled.append(name)
                 continue
-            if len(split.points[i]) and "clicks" not in sources:
+            if clicked and "clicks" not in sources:
                 sources.append("clicks")
             write_png(out_dir / "masks" / f"{name}.png", mask.astype(np.uint8))
-            score = float(np.mean(agreements)) if agreements else (1.0 if split.labelled[i] else confidence)
+            score = float(np.mean(agreements)) if agreements else (1.0 if has_mask else confidence)
             rows.append({"name": name, "score": score, "confidence": confidence, "sources": "+".join(sources)})
     shares = distributed.gather_objects((rows, predicted, unlabelled))  # every process's images
     rows, predicted = [r for share in shares for r in share[0]], sum(share[1] for share in shares)
-    unlabelled = sorted((n for share in shares for n in share[2]), key=split.names.index)
+    unlabelled = sorted((n for share in shares for n in share[2]), key=names.index)
     rows.sort(key=lambda r: (-1.0 if np.isnan(r["score"]) else r["score"], r["name"]))  # unscored first
 
     def text(value: float) -> str:
@@ -292,10 +336,10 @@ def label_folder(
         write_text(out_dir / "review.csv", "\n".join(lines) + "\n")
     report = LabelReport(
         out_dir=out_dir,
-        images=len(split),
-        with_mask=int(sum(split.labelled)),
+        images=len(names),
+        with_mask=sum(split.labelled[rows[0]] for rows in by_image.values()),
         with_boxes=len(boxed),
-        with_clicks=sum(1 for p in split.points if len(p)),
+        with_clicks=sum(any(len(split.points[r]) for r in rows) for rows in by_image.values()),
         predicted=predicted,
         unlabelled=unlabelled,
     )

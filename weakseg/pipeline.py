@@ -39,13 +39,16 @@ __all__ = [
 
 
 def load_splits(config: RunConfig, data_root: str | Path, progress: bool = True) -> tuple[PreparedSplit, PreparedSplit]:
-    """The prepared training split and the test split (the latter with native-resolution ground truth)."""
+    """The prepared training split and the test split (the latter with native-resolution ground truth). With
+    ``dataset.tile`` both are cut into tiles at native resolution; the test split's tiles reassemble each image
+    for scoring by sliding windows."""
     ds = config.dataset
     train = load_dataset(config, data_root, ds.train_split)
     test = load_dataset(config, data_root, ds.test_split)
+    tiles = {"tile": ds.tile, "tile_overlap": ds.tile_overlap} if ds.tile is not None else {}
     return (
-        prepare(train, ds.size, ds.fit, progress=progress),
-        prepare(test, ds.size, ds.fit, keep_native=True, progress=progress),
+        prepare(train, ds.size, ds.fit, progress=progress, **tiles),
+        prepare(test, ds.size, ds.fit, keep_native=True, progress=progress, **({"tile": ds.tile} if tiles else {})),
     )
 
 
@@ -56,7 +59,10 @@ def holdout(
     split: PreparedSplit, fraction: float, seed: int, pool: list[str] | None = None, kind: str = "masks"
 ) -> tuple[PreparedSplit, PreparedSplit | None]:
     """Split off a seeded validation ``fraction`` of ``pool`` (the training images the budget gives the method's
-    primary ``kind`` of label to; default every image), so that validation spends labels of the budget only."""
+    primary ``kind`` of label to; default every image), so that validation spends labels of the budget only.
+
+    Of a tiled split, whole images are held out (a ``fraction`` of the images that have tiles in ``pool``, with
+    those tiles), so that no image has tiles on both sides."""
     if fraction <= 0:
         return split, None
     pool = list(split.names) if pool is None else pool
@@ -65,7 +71,9 @@ def holdout(
         raise ConfigError(
             f"validation needs {kind} and the budget gives none: set {setting}, or dataset.val_fraction: 0"
         )
-    val_names = set(choose_subset(pool, fraction * 100, seed, "validation"))
+    image_of = dict(zip(split.names, split.image_of, strict=True))
+    held_out = set(choose_subset(sorted({image_of[n] for n in pool}), fraction * 100, seed, "validation"))
+    val_names = {n for n in pool if image_of[n] in held_out}
     if len(pool) - len(val_names) < 1:
         raise ConfigError(
             f"validation needs {kind} the budget does not have: it gives {kind} to {len(pool)} training image(s), "
@@ -92,6 +100,11 @@ def run(
     main = distributed.is_main()
     method = METHODS.get(config.method.name)
     primary = METHODS.meta(config.method.name)["primary"]
+    if config.dataset.tile is not None and not METHODS.meta(config.method.name).get("tiles"):
+        tiled = [name for name in list_methods() if METHODS.meta(name).get("tiles")]
+        raise ConfigError(
+            f"method '{config.method.name}' does not train on tiles (dataset.tile); methods that do: {tiled}"
+        )
     configure_threads()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -225,7 +225,9 @@ def _prediction_grid(run_dir: Path, data_root: Path, count: int = GRID_COUNT, se
     from weakseg.visualize import overlay, panel
 
     config = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
-    split = prepare(load_dataset(config, data_root, config.dataset.test_split), config.dataset.size, config.dataset.fit)
+    ds = config.dataset
+    tiles = {"tile": ds.tile} if ds.tile is not None else {}  # a tiled run: its test tiles, at native resolution
+    split = prepare(load_dataset(config, data_root, ds.test_split), ds.size, ds.fit, **tiles)
     if split.masks is None or not len(split):
         return '<p class="caption">the test split has no ground-truth masks: no qualitative grid</p>'
     model = load_model(run_dir / "best.pt").eval()
@@ -255,7 +257,8 @@ def _prediction_grid(run_dir: Path, data_root: Path, count: int = GRID_COUNT, se
         names = ", ".join(f"{split.names[i]} (IoU {ious[i]:.3f})" for i in chosen.tolist())
         parts.append(f'<h3>{caption}</h3><p class="caption">{html.escape(names)}</p>')
         parts.append(_img(png_data_uri(np.concatenate(rows, axis=0)), caption))
-    header = '<p class="caption">columns: image | ground truth | prediction (test split, model input size)</p>'
+    where = "tiles of the test split, native resolution" if tiles else "test split, model input size"
+    header = f'<p class="caption">columns: image | ground truth | prediction ({where})</p>'
     return header + "".join(parts)
 
 

@@ -1,4 +1,5 @@
 """Sliding-window inference for large images: overlapping tiles, stitched by keeping each tile's central part.
+(The window grids live in :mod:`weakseg.data.tiles`, beside the training tiles; they are re-exported here.)
 
 Stitching rule ("central crop"): along each axis the windows start at ``0, s, 2s, ...`` with stride
 ``s = tile - overlap``, the last one flush with the image border. Each window *owns* the pixels between the
@@ -22,46 +23,14 @@ the network's activations on them), i.e. bounded independently of the image size
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from weakseg.errors import ConfigError
-from weakseg.evaluate import predict_probabilities
-from weakseg.models.segmenter import Segmenter
+from weakseg.data.tiles import axis_starts, check_tiling, owned_spans, tile_grid
+from weakseg.models.segmenter import Segmenter, predict_probabilities
 
-
-def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Window starts along one axis of ``length`` pixels: stride ``tile - overlap``, the last flush with the end
-    (just ``[0]`` when the axis is no longer than a tile; that window is zero-padded)."""
-    check_tiling(tile, overlap)
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return [*starts, length - tile]
-
-
-def owned_spans(starts: list[int], length: int, tile: int) -> list[tuple[int, int]]:
-    """Per window along one axis, the half-open range ``[lo, hi)`` of image pixels it writes: cut at the
-    midpoints of consecutive windows' overlaps, so the ranges partition ``[0, length)``."""
-    cuts = [(a + tile + b) // 2 for a, b in itertools.pairwise(starts)]
-    return list(zip([0, *cuts], [*cuts, length], strict=True))
-
-
-def tile_grid(height: int, width: int, tile: int = 512, overlap: int = 64) -> list[tuple[int, int]]:
-    """Top-left corners ``(y, x)`` of ``tile x tile`` windows covering a ``height x width`` image, row by row."""
-    return [(y, x) for y in axis_starts(height, tile, overlap) for x in axis_starts(width, tile, overlap)]
-
-
-def check_tiling(tile: int, overlap: int) -> None:
-    """Refuse a tile size or overlap that cannot tile an image."""
-    if tile < 1:
-        raise ConfigError(f"tile must be a positive number of pixels, not {tile}")
-    if not 0 <= overlap < tile:
-        raise ConfigError(f"overlap must be at least 0 and smaller than the tile ({tile}), not {overlap}")
+__all__ = ["as_chw", "axis_starts", "check_tiling", "owned_spans", "predict_tiled", "tile_grid"]
 
 
 def as_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ Validation is split by batches and pooled; only rank 0 writes checkpoints and lo
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
@@ -37,6 +36,7 @@ from weakseg import distributed, identity
 from weakseg.classify import classification_loss, tag_targets
 from weakseg.config import TrainConfig
 from weakseg.data.prepared import PreparedSplit, draw, iterate_batches
+from weakseg.data.store import StackedRows, as_rows
 from weakseg.errors import ConfigError, TrainingDivergedError
 from weakseg.io import atomic_path, write_csv
 from weakseg.losses import SoftCrossEntropy, build_loss
@@ -63,7 +63,7 @@ class TrainResult:
 def config_digest(config: TrainConfig, extra: dict[str, Any] | None = None) -> str:
     """Identifies a training setup, so a resume never continues a different run. ``epochs`` and ``early_stop``
     only say when to stop, not how to train: a run may be extended, or its stopping rule changed."""
-    exclude = {"epochs", "early_stop", "progress", "device", "eval_batch_size", "tta"}
+    exclude = {"epochs", "early_stop", "progress", "device", "eval_batch_size", "eval_overlap", "tta", "workers"}
     ident = config.model_dump(exclude=exclude) | (extra or {})
     return identity.digest(ident)
 
@@ -200,14 +200,15 @@ def validate(
 @dataclass
 class Supervision:
     """The targets as the loop consumes them: head names, one loss per target, which images each labels, and
-    the training split with every target's labels stacked as its masks (so that flips apply to all alike)."""
+    the training split with every target's labels as its masks, read together per batch (so that flips apply to
+    all alike; nothing is stacked in memory beyond a batch)."""
 
     targets: list[Target]
     names: list[str]
     primary_k: int
     losses: list[torch.nn.Module]
     labelled: torch.Tensor  # (N, K) bool
-    stacked: PreparedSplit  # masks (N, K, S, S)
+    stacked: PreparedSplit  # mask rows (N, K, S, S)
     tags: torch.Tensor | None = None  # the images' tags for a multi-task model: multi-hot (N, T) or ids (N,)
     tag_weight: float = 0.0
     multilabel: bool = False
@@ -220,13 +221,13 @@ def supervision(
     config: TrainConfig,
     tag_weight: float = 0.0,
 ) -> Supervision:
-    """Check ``targets`` (default: ``train.masks`` for the one head) against the model and the split; with
+    """Check ``targets`` (default: the split's masks for the one head) against the model and the split; with
     ``tag_weight``, the split's tags for the classification branch of a multi-task model."""
     if targets is None:
-        if train.masks is None:
+        if train.mask_rows is None:
             raise ConfigError("the training split has no masks and no targets were given")
         name = model.primary if isinstance(model, MultiHeadSegmenter) else "masks"
-        targets = [Target(name, train.masks)]
+        targets = [Target(name, train.mask_rows)]
     if any(len(t) != len(train) for t in targets):
         raise ConfigError(f"every target needs labels for the {len(train)} training images")
     names, primary = head_names(model, targets)
@@ -245,7 +246,7 @@ def supervision(
         primary_k=names.index(primary),
         losses=[SoftCrossEntropy(mode) if t.soft else build_loss(config.loss, mode) for t in targets],
         labelled=torch.stack([t.labelled for t in targets], 1),
-        stacked=dataclasses.replace(train, masks=torch.stack([t.labels for t in targets], 1)),
+        stacked=train.with_mask_rows(StackedRows([as_rows(t.labels) for t in targets])),
         tags=tags,
         tag_weight=tag_weight,
         multilabel=multilabel,
@@ -282,6 +283,7 @@ def train_one_epoch(
         augment=config.augment,
         drop_singleton=True,
         order=order,
+        workers=config.workers,
     )
     for images, masks, index in batches:
         if len(index) < world:  # too few images to give every process one (only ever the last batch): left out

@@ -58,7 +58,7 @@ def save_label_examples(path: str | Path, split: PreparedSplit, targets: list[Ta
     order = torch.stack([t.labelled for t in targets], 1).sum(1).argsort(descending=True, stable=True)
     rows = []
     for i in order[:count].tolist():
-        image = split.images[i].permute(1, 2, 0).numpy()
+        image = split.image_rows[i].permute(1, 2, 0).numpy()
         cells = [image]
         for t in targets:
             labels = t.labels[i].numpy()
@@ -66,8 +66,8 @@ def save_label_examples(path: str | Path, split: PreparedSplit, targets: list[Ta
                 cells.append((image * 0.3).astype(np.uint8))
             else:
                 cells.append(heatmap(image, labels / 255) if t.soft else overlay(image, labels))
-        if split.masks is not None:
-            cells.append(overlay(image, split.masks[i].numpy()))
+        if split.mask_rows is not None:
+            cells.append(overlay(image, split.mask_rows[i].numpy()))
         rows.append(panel(cells, height=160))
     if rows:
         write_png(path, np.concatenate(rows, axis=0))

@@ -96,3 +96,29 @@ def augment_batch(
             raise ConfigError(f"unknown augmentation '{name}'; known: {', '.join(AUGMENTATIONS)}")
         images, masks = flip_batch(images, masks, generator, AUGMENTATIONS[name])
     return images, masks
+
+
+def draw_flips(
+    count: int, names: list[str], generator: torch.Generator, p: float = 0.5
+) -> list[tuple[int, torch.Tensor]]:
+    """The random part of :func:`augment_batch` for a batch of ``count``: per named flip, its dimension and which
+    images it flips, drawn from ``generator`` exactly as :func:`augment_batch` draws them."""
+    flips = []
+    for name in names:
+        if name not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augmentation '{name}'; known: {', '.join(AUGMENTATIONS)}")
+        flips.append((AUGMENTATIONS[name], torch.rand(count, generator=generator) < p))
+    return flips
+
+
+def apply_flips(
+    images: torch.Tensor, masks: torch.Tensor | None, flips: list[tuple[int, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply flips from :func:`draw_flips` to a batch (in place: the batch is a fresh copy of its rows)."""
+    for dim, chosen in flips:
+        if chosen.any():
+            idx = chosen.nonzero().squeeze(1).to(images.device)
+            images[idx] = images[idx].flip(dim)
+            if masks is not None:
+                masks[idx] = masks[idx].flip(dim)
+    return images, masks

@@ -62,11 +62,15 @@ METHODS: Registry[Method] = Registry("method")
 """Training recipes by name, each with its ``primary`` labels (metadata)."""
 
 
-def register_method(name: str, primary: PrimaryLabels, description: str = "") -> Callable[[Method], Method]:
+def register_method(
+    name: str, primary: PrimaryLabels, description: str = "", tiles: bool = False
+) -> Callable[[Method], Method]:
     """Decorator: make a training recipe available as ``method: <name>`` in configs; ``primary`` names the kind
     of label it validates on, so that the validation images come out of the budget's images with that label;
-    ``description`` (one line) is what ``weakseg list methods`` prints beside the name."""
-    return METHODS.register(name, primary=primary, **({"description": description} if description else {}))
+    ``description`` (one line) is what ``weakseg list methods`` prints beside the name; ``tiles``: whether it
+    trains on the tiles of a tiled split (``dataset.tile``), i.e. uses nothing but the split's rows."""
+    extra = {"description": description} if description else {}
+    return METHODS.register(name, primary=primary, tiles=tiles, **extra)
 
 
 def list_methods(pattern: str = "*") -> list[str]:

@@ -24,10 +24,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from weakseg.budget import click_masks, point_masks
+from weakseg.budget import Budget, click_masks, point_masks
 from weakseg.config import RunConfig
-from weakseg.data.prepared import PreparedSplit
+from weakseg.data.prepared import PreparedSplit, cache_dir
 from weakseg.data.sample import IGNORE_INDEX
+from weakseg.data.store import Rows, known_per_row, rows_on_disk
 from weakseg.errors import ConfigError
 from weakseg.identity import digest
 from weakseg.methods.base import RunContext, StageResult, load_dataset, register_method
@@ -42,19 +43,25 @@ from weakseg.sources.target import Target
 from weakseg.visualize import save_label_examples
 
 
-def _keep(split: PreparedSplit, labels: torch.Tensor, chosen: list[str]) -> torch.Tensor:
-    """``labels`` with the images not in ``chosen`` set to ignore."""
+def _keep(split: PreparedSplit, labels: torch.Tensor | Rows, chosen: list[str]) -> torch.Tensor | Rows:
+    """``labels`` with the images not in ``chosen`` set to ignore (rows of a prepared split: read so, not copied)."""
     keep = set(chosen)
     drop = torch.tensor([n not in keep for n in split.names], dtype=torch.bool)
+    if isinstance(labels, Rows):
+        return labels.blanked(drop)
     out = labels.clone()
     out[drop] = IGNORE_INDEX
     return out
 
 
 def _ground_truth(split: PreparedSplit, source: str) -> torch.Tensor:
-    if split.masks is None:
+    return _ground_truth_rows(split, source).tensor()
+
+
+def _ground_truth_rows(split: PreparedSplit, source: str) -> Rows:
+    if not isinstance(split.mask_rows, Rows):
         raise ConfigError(f"source '{source}' samples from the ground-truth masks, and this dataset has none")
-    return split.masks
+    return split.mask_rows
 
 
 def _need_boxes(ctx: RunContext, split: PreparedSplit, source: str) -> list[str]:
@@ -64,9 +71,9 @@ def _need_boxes(ctx: RunContext, split: PreparedSplit, source: str) -> list[str]
     return ctx.selection.images_with("boxes", split.names)
 
 
-def _record_per_image(ctx: RunContext, use: str, kind: str, split: PreparedSplit, labels: torch.Tensor) -> None:
+def _record_per_image(ctx: RunContext, use: str, kind: str, split: PreparedSplit, labels: torch.Tensor | Rows) -> None:
     """Record, per image of the split, the labelled pixels of ``labels`` (1 per image for masks)."""
-    known = (labels != IGNORE_INDEX).flatten(1).sum(1).tolist()
+    known = known_per_row(labels).tolist()
     counts = {n: (1 if kind == "masks" else c) if c else 0 for n, c in zip(split.names, known, strict=True)}
     ctx.ledger.record(use, kind, counts)
 
@@ -74,7 +81,7 @@ def _record_per_image(ctx: RunContext, use: str, kind: str, split: PreparedSplit
 @register_source("masks", labels="masks")
 def masks_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
     """Full masks (boundary ignored) of the budget's ``coverage`` % of the images."""
-    labels = _keep(split, _ground_truth(split, "masks"), ctx.selection.images_with("masks", split.names))
+    labels = _keep(split, _ground_truth_rows(split, "masks"), ctx.selection.images_with("masks", split.names))
     _record_per_image(ctx, use, "masks", split, labels)
     return Target("masks", labels)
 
@@ -89,9 +96,22 @@ def points_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
     elif budget.density is None and budget.clicks is None:
         raise ConfigError("source 'points' needs budget.density (% of pixels labelled) or budget.clicks")
     else:
-        labels = point_masks(_ground_truth(split, "points"), split.names, budget)
+        labels = _point_labels(split, budget)
     _record_per_image(ctx, use, "points", split, labels)
     return Target("points", labels)
+
+
+def _point_labels(split: PreparedSplit, budget: Budget, chunk: int = 256) -> torch.Tensor | Rows:
+    """The budget's point labels of every image of ``split``; for a split on disk, made ``chunk`` images at a time
+    and stored on disk as well (a tiled split's point labels are as many pixels as its images)."""
+    truth = _ground_truth_rows(split, "points")
+    if not split.on_disk:
+        return point_masks(truth.tensor(), split.names, budget)
+    parts = (
+        point_masks(truth.take(slice(start, start + chunk)), split.names[start : start + chunk], budget)
+        for start in range(0, len(split), chunk)
+    )
+    return rows_on_disk(parts, (split.size, split.size), cache_dir() / "labels" / "points")
 
 
 def _split_boxes(ctx: RunContext, split: PreparedSplit) -> list[np.ndarray]:
@@ -157,6 +177,10 @@ def cam_source(ctx: RunContext, split: PreparedSplit, use: str) -> Target:
 
 
 SINGLE_SOURCE = {"full": "masks", "masks": "masks", "points": "points", "boxes": "boxes", "sam": "sam"}
+TILED_SOURCES = ("masks", "points", "boxes")
+"""Sources that read nothing but the split's rows, and so train on tiles (``dataset.tile``) as on whole images. The
+others make their labels from whole images at ``dataset.size`` (SAM masks, CAMs of a classifier trained on image
+tags, which a tile may not show)."""
 
 
 def method_sources(ctx: RunContext) -> list[str]:
@@ -169,6 +193,9 @@ def method_sources(ctx: RunContext) -> list[str]:
     extra = [s for s in method.weights if s not in sources]
     if extra:
         raise ConfigError(f"method.weights names source(s) {extra} that the method does not use ({sources})")
+    whole = [s for s in sources if s not in TILED_SOURCES]
+    if ctx.config.dataset.tile is not None and whole:
+        raise ConfigError(f"source(s) {whole} do not train on tiles (dataset.tile); those that do: {TILED_SOURCES}")
     return sorted(sources, key=lambda s: s != "masks")
 
 
@@ -199,7 +226,7 @@ def dev_quality(ctx: RunContext, sources: list[str]) -> StageResult | None:
     budget has no masks."""
     split = ctx.train_full
     dev = ctx.selection.images_with("masks", split.names)
-    if not dev or split.masks is None or not sources:
+    if not dev or split.mask_rows is None or not sources:
         return None
     index = {n: i for i, n in enumerate(split.names)}
     subset = split.subset([index[n] for n in dev])
@@ -211,7 +238,7 @@ def dev_quality(ctx: RunContext, sources: list[str]) -> StageResult | None:
     return StageResult("dev", metrics)
 
 
-def hard(target: Target) -> torch.Tensor:
+def hard(target: Target) -> torch.Tensor | Rows:
     """A target's labels as hard classes (soft maps cut at 0.5), as validation needs them."""
     return (target.labels >= 128).to(torch.uint8) if target.soft else target.labels
 
@@ -234,7 +261,7 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
     save_label_examples(ctx.out_dir / "source_examples.png", ctx.train, targets)
     results = []
     weak = [t for t in targets if t.name not in ("masks", "points")]
-    if len(weak) == 1 and ctx.train.masks is not None:
+    if len(weak) == 1 and ctx.train.mask_rows is not None:
         results.append(StageResult("pseudo", pseudo_quality(weak[0], ctx.train)))
     if ctx.config.method.dev and (dev := dev_quality(ctx, [t.name for t in weak])):
         results.append(dev)
@@ -261,4 +288,4 @@ def train_from_sources(ctx: RunContext) -> list[StageResult]:
 
 
 for _name in [*SINGLE_SOURCE, "multi"]:
-    register_method(_name, primary_labels)(train_from_sources)
+    register_method(_name, primary_labels, tiles=_name != "sam")(train_from_sources)

@@ -43,12 +43,13 @@ def fit_and_test(
 ) -> StageResult:
     """Fit ``model`` (checkpoints in ``out_dir``, default the run's folder) and score it on the test split:
     the ``final`` stage, with the kept epoch and its validation scores."""
-    t = ctx.config.train
-    meta = {
-        "size": ctx.config.dataset.size,
-        "fit": ctx.config.dataset.fit,
-        "mask_classes": ctx.train.mask_classes,
-    }
+    t, ds = ctx.config.train, ctx.config.dataset
+    meta = {"size": ds.size, "fit": ds.fit, "mask_classes": ctx.train.mask_classes}
+    tiling = {}
+    if ds.tile is not None:  # trained on native-resolution tiles: predicted and scored by sliding windows
+        meta |= {"size": ds.tile, "tile": ds.tile, "overlap": t.eval_overlap}
+        tiling = {"tile": ds.tile, "overlap": t.eval_overlap}
+        run_key = run_key | {"tile": ds.tile, "tile_overlap": ds.tile_overlap}
     val = ctx.val if val_split is None else val_split
     result = fit(
         model,
@@ -64,7 +65,7 @@ def fit_and_test(
         tag_weight=tag_weight,
     )
     metrics = evaluate_model(
-        model, ctx.test, ctx.device, t.eval_batch_size, tta=t.tta, amp=t.amp, progress=ctx.progress
+        model, ctx.test, ctx.device, t.eval_batch_size, tta=t.tta, amp=t.amp, progress=ctx.progress, **tiling
     )
     metrics["best_epoch"] = result.best_epoch
     metrics["epochs_trained"] = len(result.history)  # fewer than train.epochs when early stopping ended the run

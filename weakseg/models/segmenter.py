@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weakseg.runtime import autocast
+
 
 class Normalized(nn.Module):
     """A model that takes RGB in [0, 1] and normalises it with its pretrained weights' mean and std."""
@@ -54,3 +56,16 @@ class Segmenter(Normalized):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a batch of images in [0, 1]."""
         return self.probabilities(self(images))
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: Segmenter, images: torch.Tensor, tta: list[str] | tuple[str, ...] = (), amp: bool = True
+) -> torch.Tensor:
+    """Class probabilities (N, C, S, S); ``tta=['hflip']`` averages with the flipped prediction."""
+    with autocast(images.device, amp):
+        probs = model.probabilities(model(images))
+        for name in tta:
+            dim = {"hflip": -1, "vflip": -2}[name]
+            probs = probs + model.probabilities(model(images.flip(dim))).flip(dim)
+    return probs / (1 + len(tta))
