@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import statistics
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from tests.synthetic import blob_split, tagged_blob_split
-from weakseg.bench import bare_smp_loop, bench_cam, bench_train, weakseg_loop
+from weakseg.bench import bare_smp_loop, bench_cam, bench_sam, bench_train, weakseg_loop
 from weakseg.errors import ConfigError
 from weakseg.models import OFFLINE_ENCODER
 from weakseg.models.classifier import build_classifier
@@ -116,3 +117,22 @@ def test_cli_bench_cam_passes_layers(monkeypatch, tagged, args):
     assert result.exit_code == 0, result.output
     assert seen == {"method": "layercam", "layers": TWO_LAYERS, "images": 4}
     assert json.loads(result.output.strip().splitlines()[-1])["layers"] == TWO_LAYERS
+
+
+def test_bench_sam_alternates_pairs_and_scores_the_fast_masks_against_the_baseline():
+    """The same images through two option sets of one generator (here the painted box, rect against ellipse)."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 50, 3), dtype=np.uint8) for _ in range(3)]
+    boxes = [np.float32([[5, 5, 30, 35]]), np.zeros((0, 4), np.float32), np.float32([[0, 0, 50, 40]])]
+    same = bench_sam({"a": (images[:2], boxes[:2]), "b": (images[2:], boxes[2:])}, "box", {}, {}, pairs=3)
+    json.dumps(same)  # one JSON line
+    assert same["orders"] == ["baseline,fast", "fast,baseline", "baseline,fast"] and len(same["pair_ratios"]) == 3
+    assert same["ratio"] == statistics.median(same["pair_ratios"])
+    expected = {"images": 2, "iou_min": 1.0, "iou_min_image": 0, "iou_mean": 1.0, "changed_pixels": 0}
+    assert same["iou_vs_baseline"]["a"] == expected
+    assert same["quality_gate"] == {"min_iou": 0.99, "passed": True}
+    other = bench_sam({"a": (images, boxes)}, "box", {}, {"shape_kind": "ellipse"}, pairs=1)
+    quality = other["iou_vs_baseline"]["a"]
+    assert 0.7 < quality["iou_min"] < 0.85 and quality["changed_pixels"] > 0  # an ellipse covers pi/4 of its box
+    assert quality["iou_min_image"] in (0, 2) and not other["quality_gate"]["passed"]  # image 1 has no box: IoU 1
+    assert other["fast"] != other["baseline"] and "loadavg_1m" in other["load"]["before"]

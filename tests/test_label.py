@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from weakseg.bench import LABEL_STAGES, bench_label
 from weakseg.cli import app
 from weakseg.errors import ConfigError
 from weakseg.io import read_label_image
-from weakseg.labelling import LabelSettings, label_folder, read_review
+from weakseg.labelling import STAGES, LabelSettings, label_folder, read_review
 from weakseg.sources.boxes import box_mask
+from weakseg.sources.sam import BoxMaskGenerator
 
 MASKED = [0, 1, 2]
 
@@ -76,6 +81,53 @@ def test_a_segmenter_labels_every_image_and_a_rerun_resumes(folder, tmp_path):
     assert {n: (out / "masks" / f"{n}.png").read_bytes() for n in folder.names} == first
     with pytest.raises(ConfigError, match="other settings"):
         label_folder(folder.root, out, fast(epochs=3), progress=False)
+
+
+def test_the_box_generator_identity_is_part_of_the_folder_identity(folder, tmp_path, monkeypatch):
+    """Masks made another way (e.g. LiteMedSAM in ONNX Runtime, not PyTorch) are never mixed into a resumed run."""
+    settings = fast(segmenter=False, grabcut=False)
+    label_folder(folder.root, tmp_path / "out", settings, progress=False)
+    label_folder(folder.root, tmp_path / "out", settings, progress=False)  # same generator: resumes
+    monkeypatch.setattr(BoxMaskGenerator, "identity", lambda self: {"generator": "box", "backend": "other"})
+    with pytest.raises(ConfigError, match="box_generator"):
+        label_folder(folder.root, tmp_path / "out", settings, progress=False)
+
+
+def test_bench_label_prints_the_stages_of_a_fresh_run(folder, tmp_path):
+    started = time.perf_counter()
+    result = bench_label(folder.root, fast(epochs=1), export="coco", out_dir=tmp_path / "out")
+    wall = time.perf_counter() - started
+    json.dumps(result)  # one JSON line
+    assert result["bench"] == "label" and result["images"] == 12 and result["with_boxes"] == 9
+    stages = result["seconds"]
+    assert list(stages) == list(LABEL_STAGES) and all(stages[s] >= 0 for s in LABEL_STAGES)
+    assert {"decode", "cam", "sam", "refine", "train", "export"} <= set(stages)  # the issue's six
+    assert stages["cam"] == 0 and "cam" in result["notes"]  # no tags used: nothing invented
+    assert stages["export"] > 0 and stages["sam"] > 0 and stages["refine"] > 0 and stages["train"] > 0
+    detail = result["detail"]
+    assert {"scan", "decode", "sam", "grabcut", "fuse", "train", "predict", "write"} <= set(detail)
+    assert set(detail) <= {*STAGES, "export"} and stages["refine"] == pytest.approx(detail["grabcut"] + detail["fuse"])
+    assert sum(stages.values()) <= result["wall_s"] + 0.01 <= wall + 0.02
+    assert abs(result["unaccounted_s"]) < 0.05 * result["wall_s"] + 0.25
+    per_s = result["images_per_s"]
+    assert per_s["run"] == pytest.approx(12 / result["wall_s"], rel=0.01) and per_s["cam"] is None
+    assert result["sam_images_per_s"] == pytest.approx(9 / stages["sam"], rel=0.01)
+    assert result["load"]["before"]["cores"] >= 1
+    record = json.loads((tmp_path / "out" / "label.json").read_text())
+    assert "seconds" not in record["report"]  # label.json stays the same for the same inputs
+    with pytest.raises(ConfigError, match="earlier run"):  # a resumed run would time skipped work
+        bench_label(folder.root, fast(epochs=1), export=None, out_dir=tmp_path / "out")
+    cli = CliRunner().invoke(
+        app,
+        [
+            *("bench", "label", str(folder.root), "--generator", "box", "--no-grabcut", "--no-segmenter"),
+            *("--size", "32", "--export", "none", "--generator-option", "shape_kind=ellipse"),
+        ],
+    )
+    assert cli.exit_code == 0, cli.output
+    line = json.loads(cli.stdout.strip().splitlines()[-1])
+    assert line["generator_options"] == {"shape_kind": "ellipse"} and line["seconds"]["export"] == 0
+    assert line["seconds"]["train"] == 0 and line["seconds"]["refine"] >= 0
 
 
 def test_label_command(folder, tmp_path):

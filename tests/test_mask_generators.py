@@ -210,6 +210,48 @@ def test_litemedsam_lower_threshold_grows_the_mask_on_real_pets(litemedsam, demo
         build_mask_generator("litemedsam", threshold=1.5)
 
 
+@pytest.fixture(scope="module")
+def litemedsam_torch() -> MaskGenerator:
+    return build_mask_generator("litemedsam", backend="torch")
+
+
+def test_litemedsam_backend_is_part_of_the_identity_and_the_cache_key(litemedsam, litemedsam_torch, tmp_path):
+    assert litemedsam.backend == "onnxruntime"  # the default on a CPU
+    assert litemedsam.identity() == {**litemedsam_torch.identity(), "backend": "onnxruntime"}
+    assert "backend" not in litemedsam_torch.identity()  # masks cached before the option existed stay valid
+    fast, exact = CachedMaskGenerator(litemedsam, tmp_path), CachedMaskGenerator(litemedsam_torch, tmp_path)
+    assert fast.folder != exact.folder  # separate mask caches
+    image, boxes = np.zeros((20, 30, 3), np.uint8), np.float32([[2, 2, 20, 15]])
+    assert fast.path("a", image, boxes).parent != exact.path("a", image, boxes).parent
+    with pytest.raises(ConfigError, match="backend"):
+        build_mask_generator("litemedsam", backend="tensorrt")
+    with pytest.raises(ConfigError, match="CPU"):
+        build_mask_generator("litemedsam", backend="onnxruntime", device="cuda")
+    assert build_mask_generator("litemedsam", device="cuda").backend == "torch"  # auto: PyTorch off the CPU
+
+
+def test_litemedsam_onnxruntime_masks_match_the_pytorch_masks(litemedsam, litemedsam_torch, demo_root):
+    """A synthetic polyp with two boxes (one prompt batch) and two real pets: per-image IoU >= 0.99 against the
+    PyTorch float32 masks (benchmarks/sam_speed.py measures it on 30 Kvasir and 30 pet images)."""
+    from weakseg.data.oxford_pet import OxfordPet
+
+    polyp, blob = polyp_image(seed=3)
+    pets = OxfordPet(demo_root, "trainval")
+    samples = [pets[i] for i in range(2)]
+    images = [polyp, *(s.image for s in samples)]
+    boxes = [
+        np.concatenate([bounding_box(blob, margin=5), [[5, 5, 60, 50]]]),
+        *(boxes_from_mask(s.mask) for s in samples),
+    ]
+    fast, exact = litemedsam(images, boxes), litemedsam_torch(images, boxes)
+    for a, b in zip(fast, exact, strict=True):
+        assert a.shape == b.shape and a.any() and iou(a, b) >= 0.99
+    assert litemedsam.onnx_file().is_file()  # exported once, kept in $WEAKSEG_CACHE/onnx
+    again = build_mask_generator("litemedsam")  # a second generator reads that file: no export, no PyTorch model
+    np.testing.assert_array_equal(again(images[:1], boxes[:1])[0], fast[0])
+    assert not again.exported and again._model is None
+
+
 def test_sam_generator_plumbing_with_a_tiny_random_model():
     """The SamPredictor path (set_image once, all boxes in one predict_torch) on a tiny untrained SAM."""
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer

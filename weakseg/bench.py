@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -19,9 +20,13 @@ import torch.nn.functional as F
 from weakseg.config import TrainConfig
 from weakseg.data.prepared import PreparedSplit
 from weakseg.data.sample import IGNORE_INDEX
+from weakseg.errors import ConfigError
 from weakseg.models import build_model
 from weakseg.runtime import autocast, configure_threads, pick_device
 from weakseg.train import fit
+
+if TYPE_CHECKING:
+    from weakseg.labelling import LabelSettings
 
 MEMORY_FORMAT = "channels_last"  # weakseg's fit puts the model and every batch in it; the bare loop does the same
 
@@ -311,3 +316,175 @@ def pseudo_cam(image: np.ndarray) -> np.ndarray:
     coarse = cv2.resize(cam, (max(1, w // 16), max(1, h // 16)), interpolation=cv2.INTER_AREA)
     cam = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
     return ((cam - cam.min()) / max(float(cam.max() - cam.min()), 1e-6)).astype(np.float32)
+
+
+def machine_load() -> dict[str, Any]:
+    """The 1-minute load average and the number of cores: other work on the machine skews every timing."""
+    return {"loadavg_1m": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
+
+
+def bench_sam(
+    datasets: dict[str, tuple[list[np.ndarray], list[np.ndarray]]],
+    generator: str = "litemedsam",
+    baseline: dict[str, Any] | None = None,
+    fast: dict[str, Any] | None = None,
+    pairs: int = 3,
+    warmup: int = 2,
+    min_iou: float = 0.99,
+) -> dict[str, Any]:
+    """Box → mask throughput of one generator with two sets of options (default: LiteMedSAM in PyTorch float32,
+    the masks of before, against its default, ONNX Runtime), on the same images, and how far the fast masks move.
+
+    ``datasets``: name → (RGB uint8 images, (K, 4) boxes per image). Each side first segments ``warmup`` images
+    untimed (model load, ONNX export or session, first-call allocations; its ``load_seconds`` reported).
+    Then ``pairs`` pairs, the order alternating (baseline, fast; fast, baseline; ...), each side timed by the
+    wall clock over every image of every dataset; ``ratio`` is the median of the per-pair ratios baseline
+    seconds / fast seconds. IoU: per image, the fast mask against the baseline mask of the first pair (both
+    empty: 1), min (and the index of that image in its dataset) and mean per dataset; ``changed_pixels`` counts
+    pixels that differ. ``quality_gate``: whether every image's IoU is at least ``min_iou``."""
+    from weakseg.sources.sam import build_mask_generator
+
+    sides = {
+        "baseline": build_mask_generator(generator, **(baseline if baseline is not None else {"backend": "torch"})),
+        "fast": build_mask_generator(generator, **(fast or {})),
+    }
+    images = [image for ims, _ in datasets.values() for image in ims]
+    boxes = [b for _, bxs in datasets.values() for b in bxs]
+    for gen in sides.values():
+        gen(images[:warmup], boxes[:warmup])
+    load_before = machine_load()
+    seconds: dict[str, list[float]] = {side: [] for side in sides}
+    masks: dict[str, list[np.ndarray]] = {}
+    orders = []
+    for pair in range(pairs):
+        order = list(sides) if pair % 2 == 0 else list(sides)[::-1]
+        orders.append(",".join(order))
+        for side in order:
+            started = time.perf_counter()
+            out = sides[side](images, boxes)
+            seconds[side].append(time.perf_counter() - started)
+            masks.setdefault(side, out)
+    ratios = [round(b / f, 3) for b, f in zip(seconds["baseline"], seconds["fast"], strict=True)]
+    quality, start = {}, 0
+    for name, (ims, _) in datasets.items():
+        ious, changed, part = [], 0, slice(start, start + len(ims))
+        for a, b in zip(masks["baseline"][part], masks["fast"][part], strict=True):
+            a, b = a.astype(bool), b.astype(bool)
+            union = int((a | b).sum())
+            ious.append(float((a & b).sum() / union) if union else 1.0)
+            changed += int((a ^ b).sum())
+        quality[name] = {
+            "images": len(ims),
+            "iou_min": round(min(ious), 5),
+            "iou_min_image": int(np.argmin(ious)),
+            "iou_mean": round(float(np.mean(ious)), 5),
+            "changed_pixels": changed,
+        }
+        start += len(ims)
+    return {
+        "bench": "sam",
+        "generator": generator,
+        "baseline": sides["baseline"].identity(),
+        "fast": sides["fast"].identity(),
+        "images": len(images),
+        "boxes": int(sum(len(b) for b in boxes)),
+        "threads": torch.get_num_threads(),
+        "warmup": {"images": min(warmup, len(images)), "timed": False},
+        "load_seconds": {side: round(getattr(gen, "load_seconds", 0.0), 2) for side, gen in sides.items()},
+        "timed": "wall clock of each side over all images (preprocessing, encoder, decoder, upsampling)",
+        "pairs": pairs,
+        "orders": orders,
+        "ratio": round(statistics.median(ratios), 3),
+        "pair_ratios": ratios,
+        "baseline_s_per_image": [round(s / len(images), 3) for s in seconds["baseline"]],
+        "fast_s_per_image": [round(s / len(images), 3) for s in seconds["fast"]],
+        "iou_vs_baseline": quality,
+        "quality_gate": {"min_iou": min_iou, "passed": all(q["iou_min"] >= min_iou for q in quality.values())},
+        "load": {"before": load_before, "after": machine_load()},
+        "note": "the CPU may be shared (e.g. with a training run): see load; pairs alternate so drift hits both",
+    }
+
+
+LABEL_STAGES = ("decode", "cam", "sam", "refine", "train", "export", "load", "predict", "scan", "write")
+"""The stages ``weakseg bench label`` reports, adding up to the wall time of the run: the issue's six first
+(``refine`` = GrabCut + fusion of the box masks, ``cam`` always 0: ``weakseg label`` does not use image tags),
+then ``load`` (the box generator's model, with LiteMedSAM's one-off ONNX export), ``predict`` (the trained
+segmenter on every image), ``scan`` (list and fingerprint the folder) and ``write`` (masks, review.csv,
+label.json)."""
+
+
+def bench_label(
+    data: str | Path,
+    settings: LabelSettings | None = None,
+    export: str | None = "coco",
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The wall seconds of each stage (:data:`LABEL_STAGES`) of one fresh ``weakseg label`` run on the folder
+    ``data``, then its export (``export``: a format of ``weakseg export-labels``, None for none), as one JSON-able
+    dict. ``out_dir`` must not hold an earlier run (a resumed run skips done work); by default a temporary folder,
+    deleted afterwards. ``images_per_s``: the folder's images per second of the whole run and, per stage, per
+    second of that stage (what the pipeline would do if that stage were all it did); ``sam_images_per_s``: images
+    segmented by the box generator per second of ``sam``."""
+    from weakseg.export import export_labels
+    from weakseg.labelling import LabelSettings, label_folder
+
+    settings = settings or LabelSettings()
+    with contextlib.ExitStack() as stack:
+        out = Path(out_dir) if out_dir else Path(stack.enter_context(tempfile.TemporaryDirectory())) / "label"
+        if (out / "label.json").exists():
+            raise ConfigError(f"'{out}' holds an earlier run: bench label needs a fresh --out")
+        load_before = machine_load()
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # progress and training lines; stdout keeps one JSON line
+            report = label_folder(data, out, settings, progress=False)
+            exported = time.perf_counter()
+            if export:
+                export_labels(out, export, images=Path(data) / "images")
+        finished = time.perf_counter()
+    detail = {**report.seconds, "export": round(finished - exported, 3)}
+    parts = {
+        "decode": ["decode"],
+        "cam": [],
+        "sam": ["sam"],
+        "refine": ["grabcut", "fuse"],
+        "train": ["train"],
+        "export": ["export"],
+        "load": ["load"],
+        "predict": ["predict"],
+        "scan": ["scan"],
+        "write": ["write"],
+    }
+    seconds = {stage: round(sum((detail.get(p, 0.0) for p in parts[stage]), 0.0), 3) for stage in LABEL_STAGES}
+    wall = finished - started
+    segmented = report.with_boxes if settings.generator != "none" else 0
+    return {
+        "bench": "label",
+        "data": str(data),
+        "images": report.images,
+        "with_mask": report.with_mask,
+        "with_boxes": report.with_boxes,
+        "predicted": report.predicted,
+        "generator": settings.generator,
+        "generator_options": settings.generator_options,
+        "grabcut": settings.grabcut,
+        "size": settings.size,
+        "epochs": settings.epochs,
+        "export": export,
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "wall_s": round(wall, 3),
+        "unaccounted_s": round(wall - sum(seconds.values()), 3),
+        "images_per_s": {
+            "run": round(report.images / wall, 3),
+            **{stage: round(report.images / t, 3) if t > 0 else None for stage, t in seconds.items()},
+        },
+        "sam_images_per_s": round(segmented / seconds["sam"], 3) if segmented and seconds["sam"] > 0 else None,
+        "detail": detail,  # label_folder's own stages (weakseg.labelling.STAGES) and the export
+        "box_generator_load": report.box_generator_load,
+        "notes": {
+            "cam": "weakseg label does not use image tags: no CAM stage (0)",
+            "load": "the box generator's model, with LiteMedSAM's ONNX export on its first use on this machine",
+            "machine": "the CPU may be shared (e.g. with a training run): see load",
+        },
+        "load": {"before": load_before, "after": machine_load()},
+    }

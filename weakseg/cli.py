@@ -89,6 +89,31 @@ OnError = Annotated[
 ]
 
 
+GeneratorOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--generator-option",
+        help="KEY=VALUE option of the box generator (repeatable), e.g. backend=torch (LiteMedSAM in PyTorch "
+        "float32, as before; default on a CPU: ONNX Runtime) or threshold=0.3.",
+    ),
+]
+
+
+def _generator_options(items: list[str] | None) -> dict[str, Any]:
+    """``--generator-option KEY=VALUE`` items as a dict, each value as JSON when it parses (numbers, booleans),
+    else as text."""
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise WeaksegError(f"--generator-option takes KEY=VALUE, not '{item}'")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def _on_error(policy: str) -> str:
     if policy not in ("raise", "skip"):
         raise WeaksegError(f"--on-error must be 'raise' or 'skip', not '{policy}'")
@@ -368,6 +393,7 @@ def label_cmd(
     generator: Annotated[
         str, typer.Option(help="Box-prompted mask generator, or 'none' (GrabCut only).")
     ] = "litemedsam",
+    generator_option: GeneratorOption = None,
     grabcut: Annotated[
         bool, typer.Option(help="Also segment each box with GrabCut; disagreements are unknown.")
     ] = True,
@@ -396,6 +422,7 @@ def label_cmd(
 
     settings = LabelSettings(
         generator=generator,
+        generator_options=_generator_options(generator_option),
         grabcut=grabcut,
         segmenter=segmenter,
         size=size,
@@ -723,6 +750,43 @@ def bench_refine_cmd(
     else:
         softs, kind = [pseudo_cam(p) for p in pictures], "stand-in"
     print(json.dumps({**bench_refine(pipeline, pictures, softs, workers), "size": size, "maps": kind}))
+
+
+@bench_app.command("label")
+def bench_label_cmd(
+    data: Annotated[Path, typer.Argument(help="Folder dataset, as weakseg label takes it.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder, must be new (default: a temporary one).")] = None,
+    generator: Annotated[str, typer.Option(help="Box-prompted mask generator, or 'none'.")] = "litemedsam",
+    generator_option: GeneratorOption = None,
+    grabcut: Annotated[bool, typer.Option(help="Also segment each box with GrabCut.")] = True,
+    segmenter: Annotated[
+        bool | None, typer.Option(help="Train a segmenter on all labels (default: when 8 images have labels).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Segmenter input size.")] = 256,
+    epochs: Annotated[int, typer.Option(help="Segmenter epochs.")] = 20,
+    export: Annotated[str, typer.Option(help="Export format timed after labelling, or 'none'.")] = "coco",
+) -> None:
+    """Time one fresh weakseg label run on DATA, stage by stage, and print one JSON line: "seconds" holds the
+    wall seconds of each stage, adding up to the run's wall time ("unaccounted_s" is the rest): decode (read the
+    images), cam (0: weakseg label does not use image tags), sam (the box generator, LiteMedSAM by default),
+    refine (GrabCut and the fusion of the box masks), train (the segmenter), export (--export), then load (the box
+    generator's model; LiteMedSAM's one-off ONNX export on its first use on a machine, see "box_generator_load"),
+    predict (the segmenter on every image), scan (list the folder) and write (masks, review.csv).
+    "images_per_s": the folder's images per second of the run and of each stage; "sam_images_per_s": images
+    segmented per second of sam. Compare the box generator's paths with --generator-option backend=torch
+    (PyTorch float32, as before) against the default (ONNX Runtime)."""
+    from weakseg.bench import bench_label
+    from weakseg.labelling import LabelSettings
+
+    settings = LabelSettings(
+        generator=generator,
+        generator_options=_generator_options(generator_option),
+        grabcut=grabcut,
+        segmenter=segmenter,
+        size=size,
+        epochs=epochs,
+    )
+    print(json.dumps(bench_label(data, settings, None if export == "none" else export, out)))
 
 
 @list_app.command("models")

