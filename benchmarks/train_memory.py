@@ -17,8 +17,8 @@ middle N, since a training run shares the machine. The load average is printed w
 benchmark writes (datasets, caches, runs, the worktree) is removed at the end. ``--loader-only`` times just the
 batch reading, in one process: the old way (whole in-RAM tensors indexed) against rows read from disk.
 
-python benchmarks/train_memory.py                                # N = 300, 3000, 30000; old code: HEAD
-python benchmarks/train_memory.py --sizes 300 3000 --old-ref HEAD~1 --pairs 2
+python benchmarks/train_memory.py --old-ref 211e9d5             # N = 300, 3000, 30000; in-RAM code: 211e9d5
+python benchmarks/train_memory.py --sizes 300 3000 --old-ref 211e9d5 --pairs 2
 python benchmarks/train_memory.py --loader-only              # ms per batch: in-RAM tensors vs rows on disk
 """
 
@@ -208,7 +208,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[300, 3000, 30000])
     parser.add_argument("--size", type=int, default=128, help="prepared image size")
     parser.add_argument("--epoch-images", type=int, default=320, help="images of the one training epoch")
-    parser.add_argument("--old-ref", default="HEAD", help="commit of the in-RAM code (empty: new code only)")
+    parser.add_argument(
+        "--old-ref",
+        default="211e9d5",
+        help="commit of the in-RAM code (default: the last before the row store; empty: new only)",
+    )
     parser.add_argument("--pairs", type=int, default=3, help="alternating old/new throughput pairs")
     parser.add_argument("--workers", type=int, default=0, help="train.workers of the new code")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
